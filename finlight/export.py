@@ -1,0 +1,54 @@
+"""``python -m finlight export --ckpt_path X --output_dir Y``: a Hugging Face directory from a checkpoint.
+
+The checkpoint alone is enough (it carries the backbone config and tokenizer): no data, no hub.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from finlight.errors import FinlightError
+
+
+def load_checkpoint(path: str) -> dict:
+    """``torch.load`` with ``weights_only=True``: a checkpoint can hold tensors and plain data, never code."""
+    if not os.path.isfile(path):
+        raise FinlightError(f"{path}: no such checkpoint file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, pickle with code, not a checkpoint at all …
+        raise FinlightError(f"{path}: not a readable checkpoint ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0][:160]})") from None
+
+
+def export_hf(ckpt_path: str, output_dir: str, trust_remote_code: bool = False) -> str:
+    from finlight.models.backbone import rebuild_backbone
+    from finlight.models.classifier import CHECKPOINT_KEY, check_state_dict_fits
+
+    checkpoint = load_checkpoint(ckpt_path)
+    info = checkpoint.get(CHECKPOINT_KEY)
+    if info is None:
+        raise FinlightError(f"{ckpt_path}: not a finlight SequenceClassifier checkpoint")
+    model, tokenizer = rebuild_backbone(info["backbone"], trust_remote_code)
+    weights = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    check_state_dict_fits(model.state_dict(), weights)
+    model.load_state_dict(weights)
+    if os.path.isdir(output_dir) and os.listdir(output_dir):
+        raise FinlightError(f"{output_dir}: exists and is not empty; choose a new --output_dir")
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    return output_dir
+
+
+def export_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m finlight export",
+                                     description="Export a finlight checkpoint as a Hugging Face directory.")
+    parser.add_argument("--ckpt_path", required=True)
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--trust_remote_code", action="store_true")
+    args = parser.parse_args(argv)
+    out = export_hf(args.ckpt_path, args.output_dir, args.trust_remote_code)
+    print(f"finlight: exported {args.ckpt_path} to {out} (load with AutoModelForSequenceClassification)")

@@ -1,0 +1,191 @@
+"""`SequenceClassifier`: an encoder or decoder backbone with a classification head."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import lightning.pytorch as pl
+import torch
+from torchmetrics import MaxMetric
+
+from finlight.errors import FinlightError
+from finlight.losses import weighted_cross_entropy
+from finlight.metrics import classification_metrics, flatten_metrics
+from finlight.models.backbone import (ScratchConfig, backbone_state, build_from_scratch, load_pretrained,
+                                      rebuild_backbone)
+from finlight.optim import Schedule, adamw_param_groups, build_scheduler
+
+log = logging.getLogger("finlight.models")
+CHECKPOINT_KEY = "finlight"
+STAGES = ("val", "test")
+
+
+class SequenceClassifier(pl.LightningModule):
+    """Fine-tune (or train from scratch) a sequence classifier.
+
+    The backbone is built in `setup`, once the data module knows the label names, class weights and
+    training texts (a from-scratch tokenizer is learnt from them), so configs never repeat those facts.
+    Checkpoints carry the backbone's config and tokenizer: ``validate``/``test``/``predict`` and ``export``
+    rebuild the exact model from the checkpoint alone.
+
+    Args:
+        backbone: a Hugging Face hub id or local directory (e.g. ``ProsusAI/finbert``).
+        scratch: instead of ``backbone``, a BERT-style architecture trained from random init.
+        learning_rate / weight_decay: AdamW (no decay on biases and norms).
+        scheduler: ``linear`` | ``cosine`` (with ``warmup_ratio`` of all optimizer steps), ``constant``
+            (after warm-up) or ``step`` (StepLR per epoch: ``step_size``, ``gamma``).
+        label_smoothing: cross-entropy label smoothing.
+        use_class_weights: weight the loss by the data module's ``class_weights`` when it has them.
+        label_names: only when used without a finlight data module.
+        trust_remote_code: run the backbone repository's own code (off unless you trust it).
+    """
+
+    def __init__(
+        self,
+        backbone: Optional[str] = None,
+        scratch: Optional[ScratchConfig] = None,
+        learning_rate: float = 2e-5,
+        weight_decay: float = 0.01,
+        scheduler: Schedule = "linear",
+        warmup_ratio: float = 0.0,
+        step_size: int = 1,
+        gamma: float = 0.1,
+        label_smoothing: float = 0.0,
+        use_class_weights: bool = True,
+        label_names: Optional[list[str]] = None,
+        trust_remote_code: bool = False,
+    ):
+        super().__init__()
+        if (backbone is None) == (scratch is None):
+            raise FinlightError("model: set exactly one of model.backbone (hub id or directory) or model.scratch")
+        if not 0.0 <= warmup_ratio < 1.0:
+            raise FinlightError(f"model.warmup_ratio={warmup_ratio}: must be in [0, 1)")
+        self.save_hyperparameters(logger=False)
+        self.backbone_name = backbone
+        self.scratch = scratch
+        self.model = None
+        self.tokenizer = None
+        self.label_names: Optional[list[str]] = list(label_names) if label_names else None
+        self.confusion: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ building
+    def setup(self, stage: str) -> None:
+        if self.model is not None:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        label_names = self.label_names or getattr(datamodule, "label_names", None)
+        if not label_names:
+            raise FinlightError("model: no label names; use a finlight data module or set model.label_names")
+        if self.scratch is not None:
+            model, tokenizer = build_from_scratch(self.scratch, label_names, getattr(datamodule, "train_texts", []))
+        else:
+            model, tokenizer = load_pretrained(self.backbone_name, label_names, self.hparams.trust_remote_code)
+        self._install(model, tokenizer, label_names)
+        weights = getattr(datamodule, "class_weights", None)
+        if weights and self.hparams.use_class_weights:
+            self.class_weights = torch.tensor(weights, dtype=torch.float32, device=self.device)
+            log.info("class weights: %s", dict(zip(label_names, [round(w, 4) for w in weights])))
+
+    def _install(self, model, tokenizer, label_names: list[str]) -> None:
+        self.model, self.tokenizer, self.label_names = model, tokenizer, list(label_names)
+        k = len(label_names)
+        self.val_metrics = classification_metrics(k)
+        self.test_metrics = classification_metrics(k)
+        self.val_macro_f1_best = MaxMetric()
+        if not hasattr(self, "class_weights"):
+            self.register_buffer("class_weights", None, persistent=False)
+
+    # ------------------------------------------------------------------ steps
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return weighted_cross_entropy(logits, labels, self.class_weights, self.hparams.label_smoothing)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        loss = self._loss(logits, batch["labels"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
+        return loss
+
+    def _evaluation_step(self, batch: dict, stage: str) -> None:
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        self.log(f"{stage}/loss", self._loss(logits, batch["labels"]), prog_bar=stage == "val",
+                 batch_size=len(logits), sync_dist=True)
+        getattr(self, f"{stage}_metrics").update(logits, batch["labels"])
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluation_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluation_step(batch, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        return {"index": batch["index"], "probs": logits.float().softmax(-1)}
+
+    def _log_epoch_metrics(self, stage: str) -> dict[str, float]:
+        metrics = getattr(self, f"{stage}_metrics")
+        values = metrics.compute()
+        metrics.reset()
+        self.confusion[stage] = values["confusion"].cpu()
+        flat = flatten_metrics(values, self.label_names, stage)
+        headline = {f"{stage}/acc", f"{stage}/macro_f1"}
+        self.log_dict({k: v for k, v in flat.items() if k in headline}, prog_bar=True)
+        self.log_dict({k: v for k, v in flat.items() if k not in headline})
+        return flat
+
+    def on_train_start(self) -> None:
+        self.val_macro_f1_best.reset()  # forget the sanity check
+
+    def on_validation_epoch_end(self) -> None:
+        flat = self._log_epoch_metrics("val")
+        if not self.trainer.sanity_checking:
+            self.val_macro_f1_best.update(flat["val/macro_f1"])
+            self.log("val/macro_f1_best", self.val_macro_f1_best.compute())
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(adamw_param_groups(self.model, hp.weight_decay), lr=hp.learning_rate)
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = build_scheduler(optimizer, hp.scheduler, total, hp.warmup_ratio, hp.step_size, hp.gamma)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    # ------------------------------------------------------------------ checkpoints and export
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[CHECKPOINT_KEY] = {"label_names": self.label_names,
+                                      "backbone": backbone_state(self.model, self.tokenizer)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        info = checkpoint.get(CHECKPOINT_KEY)
+        if info is None:
+            raise FinlightError("the checkpoint was not written by a finlight SequenceClassifier (no 'finlight' entry)")
+        if self.label_names is not None and list(info["label_names"]) != list(self.label_names):
+            raise FinlightError(f"the checkpoint was trained on labels {info['label_names']}, but the data has "
+                                f"{self.label_names}; set data.label_names to the checkpoint's order")
+        model, tokenizer = rebuild_backbone(info["backbone"], self.hparams.trust_remote_code)
+        self._install(model, tokenizer, info["label_names"])
+        check_state_dict_fits(self.state_dict(), checkpoint["state_dict"])
+
+    def export_hf(self, directory: str) -> None:
+        """A Hugging Face directory (model + tokenizer, id2label set) that loads without finlight."""
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+
+
+def check_state_dict_fits(expected: dict, found: dict) -> None:
+    """One-line error instead of PyTorch's wall of missing/unexpected keys."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    wrong = [f"{k} {tuple(found[k].shape)}≠{tuple(v.shape)}" for k, v in expected.items()
+             if k in found and tuple(found[k].shape) != tuple(v.shape)]
+    if missing or unexpected or wrong:
+        parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+                 f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+                 f"{len(wrong)} with another shape (e.g. {wrong[0]})" if wrong else ""]
+        raise FinlightError("the checkpoint does not fit this model: " + ", ".join(p for p in parts if p))

@@ -1,0 +1,36 @@
+"""AdamW parameter groups and learning-rate schedules (transformers' schedulers, torch's StepLR)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+Schedule = Literal["linear", "cosine", "constant", "step"]
+
+
+def adamw_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases and normalisation weights (the BERT recipe)."""
+    decay, no_decay = [], []
+    for module_name, module in model.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            is_norm = isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or "norm" in type(module).__name__.lower()
+            (no_decay if name == "bias" or is_norm else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, schedule: Schedule, total_steps: int, warmup_ratio: float,
+                    step_size: int = 1, gamma: float = 0.1) -> dict:
+    """A Lightning ``lr_scheduler`` dict. Warm-up schedules step per optimizer step; ``step`` per epoch."""
+    from transformers import get_scheduler
+
+    if schedule == "step":
+        return {"scheduler": torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma),
+                "interval": "epoch"}
+    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[schedule]
+    warmup = int(round(warmup_ratio * total_steps))
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    return {"scheduler": scheduler, "interval": "step"}
