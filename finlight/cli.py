@@ -7,6 +7,7 @@ resolved config, data report, test metrics, predictions) and ``checkpoints/<expe
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -78,18 +79,22 @@ def _configure_logging() -> None:
     warnings.filterwarnings("ignore", ".*`isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 
 
-def run_cli(args: Optional[list[str]] = None, **kwargs) -> FinlightCLI:
-    """The CLI, in-process (tests call this with ``args``)."""
-    from finlight.data import ClassificationDataModule
-    from finlight.models import SequenceClassifier
+# Commands beside Lightning's fit/validate/test/predict: name → "module:function(argv)".
+EXTRA_COMMANDS = {
+    "export": "finlight.export:export_main",
+}
 
+
+def run_cli(args: Optional[list[str]] = None, **kwargs) -> FinlightCLI:
+    """The CLI, in-process (tests call this with ``args``). Any LightningModule / LightningDataModule can be
+    named by ``class_path`` (finlight's modules, or your own)."""
     _configure_logging()
     return FinlightCLI(
-        SequenceClassifier, ClassificationDataModule,
+        None, None,
         subclass_mode_model=True, subclass_mode_data=True,
         seed_everything_default=42,
         trainer_defaults={"logger": DEFAULT_LOGGER},
-        parser_kwargs={"default_env": False},
+        parser_kwargs={"default_env": False, "allow_abbrev": False},
         save_config_kwargs={"overwrite": False},
         args=args, **kwargs,
     )
@@ -99,10 +104,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     given = argv
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv[:1] == ["export"]:
-            from finlight.export import export_main
-
-            export_main(argv[1:])
+        if argv[:1] and argv[0] in EXTRA_COMMANDS:
+            module, function = EXTRA_COMMANDS[argv[0]].split(":")
+            _configure_logging()
+            getattr(importlib.import_module(module), function)(argv[1:])
         else:
             run_cli(given)
     except FinlightError as err:
