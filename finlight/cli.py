@@ -18,7 +18,7 @@ from typing import Optional
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from finlight.callbacks import EvaluationReport, PredictionWriter, RunCheckpoint
-from finlight.callbacks.checkpoint import resolve_checkpoint_alias
+from finlight.checkpoints import check_finlight_checkpoint, resolve_checkpoint_alias
 from finlight.errors import FinlightError
 
 DEFAULT_LOGGER = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -47,18 +47,21 @@ class FinlightCLI(LightningCLI):
                 logger.init_args.name = name
 
 
-    def _resolve_ckpt_alias(self) -> None:
-        """``--ckpt_path best|last`` in a new process means the newest fit of this experiment."""
+    def _check_ckpt_path(self) -> None:
+        """``--ckpt_path best|last`` in a new process means the newest fit of this experiment; any checkpoint
+        is opened safely (weights only) and checked before Lightning sees it."""
         config = self.config_init[self.subcommand]
-        alias = config.get("ckpt_path")
-        if alias not in ("best", "last"):
+        path = config.get("ckpt_path")
+        if path is None:
             return
-        checkpoint = next(c for c in self.trainer.callbacks if isinstance(c, RunCheckpoint))
-        path = resolve_checkpoint_alias(alias, checkpoint.root, self.trainer.logger.name)
-        print(f"finlight: --ckpt_path {alias} → {path}")
-        config["ckpt_path"] = path
+        if path in ("best", "last"):
+            checkpoint = next(c for c in self.trainer.callbacks if isinstance(c, RunCheckpoint))
+            resolved = resolve_checkpoint_alias(path, checkpoint.root, self.trainer.logger.name)
+            print(f"finlight: --ckpt_path {path} → {resolved}")
+            config["ckpt_path"] = path = resolved
+        check_finlight_checkpoint(path)
 
-    before_fit = before_validate = before_test = before_predict = _resolve_ckpt_alias
+    before_fit = before_validate = before_test = before_predict = _check_ckpt_path
 
 
 def _config_stem(config) -> Optional[str]:
@@ -77,11 +80,17 @@ def _configure_logging() -> None:
     # Batches are pre-tokenized and collated in microseconds: extra workers cost more than they give here.
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*`isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+    # evaluating a checkpoint from another run folder: Lightning warns that it keeps only best_model_path
+    warnings.filterwarnings("ignore", ".*The dirpath has changed from.*")
 
 
 # Commands beside Lightning's fit/validate/test/predict: name → "module:function(argv)".
 EXTRA_COMMANDS = {
     "export": "finlight.export:export_main",
+    "pseudo-label": "finlight.pseudo_label:pseudo_label_main",
+    "report": "finlight.report:report_main",
+    "seeds": "finlight.seeds:seeds_main",
+    "export-onnx": "finlight.onnx_export:export_onnx_main",
 }
 
 

@@ -8,23 +8,13 @@ from __future__ import annotations
 import argparse
 import os
 
-import torch
-
+from finlight.checkpoints import load_checkpoint
 from finlight.errors import FinlightError
 
 
-def load_checkpoint(path: str) -> dict:
-    """``torch.load`` with ``weights_only=True``: a checkpoint can hold tensors and plain data, never code."""
-    if not os.path.isfile(path):
-        raise FinlightError(f"{path}: no such checkpoint file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, pickle with code, not a checkpoint at all …
-        raise FinlightError(f"{path}: not a readable checkpoint ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0][:160]})") from None
-
-
-def export_hf(ckpt_path: str, output_dir: str, trust_remote_code: bool = False) -> str:
+def export_hf(ckpt_path: str, output_dir: str, trust_remote_code: bool = False, merged: bool = False) -> str:
+    """A Hugging Face directory; for adapter-only (LoRA / quantized) checkpoints a peft adapter directory, or
+    with ``merged`` the adapters merged into the full-precision base (see `finlight.export_adapter`)."""
     from finlight.models.backbone import rebuild_backbone
     from finlight.models.classifier import CHECKPOINT_KEY, check_state_dict_fits
 
@@ -32,7 +22,13 @@ def export_hf(ckpt_path: str, output_dir: str, trust_remote_code: bool = False) 
     info = checkpoint.get(CHECKPOINT_KEY)
     if info is None:
         raise FinlightError(f"{ckpt_path}: not a finlight SequenceClassifier checkpoint")
-    model, tokenizer = rebuild_backbone(info["backbone"], trust_remote_code)
+    if os.path.isdir(output_dir) and os.listdir(output_dir):
+        raise FinlightError(f"{output_dir}: exists and is not empty; choose a new --output_dir")
+    if info.get("adapter_only"):
+        from finlight.export_adapter import export_adapter
+
+        return export_adapter(checkpoint, output_dir, merged, trust_remote_code)
+    model, tokenizer = rebuild_backbone(info["backbone"], trust_remote_code, causal_lm=info.get("task") == "causal-lm")
     weights = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     check_state_dict_fits(model.state_dict(), weights)
     model.load_state_dict(weights)
@@ -49,6 +45,8 @@ def export_main(argv: list[str]) -> None:
     parser.add_argument("--ckpt_path", required=True)
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--trust_remote_code", action="store_true")
+    parser.add_argument("--merged", action="store_true",
+                        help="LoRA checkpoints: merge the adapters into the base (default: a peft adapter directory)")
     args = parser.parse_args(argv)
-    out = export_hf(args.ckpt_path, args.output_dir, args.trust_remote_code)
+    out = export_hf(args.ckpt_path, args.output_dir, args.trust_remote_code, args.merged)
     print(f"finlight: exported {args.ckpt_path} to {out} (load with AutoModelForSequenceClassification)")

@@ -12,6 +12,9 @@ from torchmetrics import MaxMetric
 from finlight.errors import FinlightError
 from finlight.losses import weighted_cross_entropy
 from finlight.metrics import classification_metrics, flatten_metrics
+from finlight.models.adapters import (SEQUENCE_HEADS, LoraOptions, QuantizationOptions, apply_adapters, as_options,
+                                      check_adapter_state, keep_in_place, options_dict, quantized_load_kwargs,
+                                      trainable_state_dict, validate_options)
 from finlight.models.backbone import (ScratchConfig, backbone_state, build_from_scratch, load_pretrained,
                                       rebuild_backbone)
 from finlight.optim import Schedule, adamw_param_groups, build_scheduler
@@ -39,6 +42,10 @@ class SequenceClassifier(pl.LightningModule):
         use_class_weights: weight the loss by the data module's ``class_weights`` when it has them.
         label_names: only when used without a finlight data module.
         trust_remote_code: run the backbone repository's own code (off unless you trust it).
+        lora / quantization / gradient_checkpointing: LoRA adapters, 4/8-bit frozen base weights (the head
+            stays in full precision and trains) and activation checkpointing; see `finlight.models.adapters`.
+            With LoRA or quantization, checkpoints hold only the trainable weights and the base is reloaded
+            from ``backbone``.
     """
 
     def __init__(
@@ -55,13 +62,22 @@ class SequenceClassifier(pl.LightningModule):
         use_class_weights: bool = True,
         label_names: Optional[list[str]] = None,
         trust_remote_code: bool = False,
+        lora: Optional[LoraOptions] = None,
+        quantization: Optional[QuantizationOptions] = None,
+        gradient_checkpointing: bool = False,
     ):
         super().__init__()
         if (backbone is None) == (scratch is None):
             raise FinlightError("model: set exactly one of model.backbone (hub id or directory) or model.scratch")
         if not 0.0 <= warmup_ratio < 1.0:
             raise FinlightError(f"model.warmup_ratio={warmup_ratio}: must be in [0, 1)")
+        self.lora, self.quantization = as_options(lora, LoraOptions), as_options(quantization, QuantizationOptions)
+        validate_options(self.lora, self.quantization)
+        if scratch is not None and self.adapter_only:
+            raise FinlightError("model.lora / model.quantization need pretrained weights (model.backbone); a "
+                                "model.scratch encoder trains all its weights")
         self.save_hyperparameters(logger=False)
+        self.hparams["lora"], self.hparams["quantization"] = options_dict(self.lora), options_dict(self.quantization)
         self.backbone_name = backbone
         self.scratch = scratch
         self.model = None
@@ -80,14 +96,33 @@ class SequenceClassifier(pl.LightningModule):
         if self.scratch is not None:
             model, tokenizer = build_from_scratch(self.scratch, label_names, getattr(datamodule, "train_texts", []))
         else:
-            model, tokenizer = load_pretrained(self.backbone_name, label_names, self.hparams.trust_remote_code)
+            model, tokenizer = self._load_pretrained(self.backbone_name, label_names)
         self._install(model, tokenizer, label_names)
         weights = getattr(datamodule, "class_weights", None)
         if weights and self.hparams.use_class_weights:
             self.class_weights = torch.tensor(weights, dtype=torch.float32, device=self.device)
             log.info("class weights: %s", dict(zip(label_names, [round(w, 4) for w in weights])))
 
+    @property
+    def adapter_only(self) -> bool:
+        """LoRA / quantized runs checkpoint only their trainable weights."""
+        return self.lora is not None or self.quantization is not None
+
+    def _load_pretrained(self, name: str, label_names: list[str]):
+        """Pretrained backbone with the LoRA / quantization / checkpointing options applied."""
+        kwargs = {}
+        if self.quantization is not None:
+            device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+            kwargs = quantized_load_kwargs(self.quantization, device, SEQUENCE_HEADS)
+        model, tokenizer = load_pretrained(name, label_names, self.hparams.trust_remote_code, **kwargs)
+        if self.adapter_only or self.hparams.gradient_checkpointing:
+            model = apply_adapters(model, self.lora, self.quantization, self.hparams.gradient_checkpointing, "SEQ_CLS")
+        if self.quantization is not None:
+            keep_in_place(model)
+        return model, tokenizer
+
     def _install(self, model, tokenizer, label_names: list[str]) -> None:
+        model.train()  # from_pretrained returns eval mode; Lightning keeps each module's mode as it finds it
         self.model, self.tokenizer, self.label_names = model, tokenizer, list(label_names)
         k = len(label_names)
         self.val_metrics = classification_metrics(k)
@@ -151,7 +186,10 @@ class SequenceClassifier(pl.LightningModule):
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = torch.optim.AdamW(adamw_param_groups(self.model, hp.weight_decay), lr=hp.learning_rate)
+        groups = adamw_param_groups(self.model, hp.weight_decay)
+        if not any(g["params"] for g in groups):
+            raise FinlightError("nothing to train: every weight is frozen (a quantized backbone needs model.lora)")
+        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate)
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = build_scheduler(optimizer, hp.scheduler, total, hp.warmup_ratio, hp.step_size, hp.gamma)
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
@@ -160,6 +198,10 @@ class SequenceClassifier(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = {"label_names": self.label_names,
                                       "backbone": backbone_state(self.model, self.tokenizer)}
+        if self.adapter_only:
+            checkpoint[CHECKPOINT_KEY].update(adapter_only=True, base=self.backbone_name, task="sequence-classification",
+                                              lora=options_dict(self.lora), quantization=options_dict(self.quantization))
+            checkpoint["state_dict"] = trainable_state_dict(self, checkpoint["state_dict"])
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         info = checkpoint.get(CHECKPOINT_KEY)
@@ -168,6 +210,16 @@ class SequenceClassifier(pl.LightningModule):
         if self.label_names is not None and list(info["label_names"]) != list(self.label_names):
             raise FinlightError(f"the checkpoint was trained on labels {info['label_names']}, but the data has "
                                 f"{self.label_names}; set data.label_names to the checkpoint's order")
+        if info.get("adapter_only"):
+            if info["base"] != self.backbone_name:
+                raise FinlightError(f"the checkpoint's adapters were trained on {info['base']!r}, but "
+                                    f"model.backbone is {self.backbone_name!r}")
+            if self.model is None:  # setup() normally built it already; the frozen base is not in the file
+                model, tokenizer = self._load_pretrained(info["base"], info["label_names"])
+                self._install(model, tokenizer, info["label_names"])
+            check_adapter_state(self, checkpoint["state_dict"])
+            self.strict_loading = False  # only the trainable weights are in the checkpoint (checked exactly above)
+            return
         model, tokenizer = rebuild_backbone(info["backbone"], self.hparams.trust_remote_code)
         self._install(model, tokenizer, info["label_names"])
         check_state_dict_fits(self.state_dict(), checkpoint["state_dict"])

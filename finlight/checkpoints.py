@@ -1,0 +1,55 @@
+"""Checkpoint files: safe loading, and what ``--ckpt_path best|last`` means in a new process."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from finlight.errors import FinlightError
+
+
+def load_checkpoint(path: str) -> dict:
+    """``torch.load`` with ``weights_only=True``: a checkpoint can hold tensors and plain data, never code."""
+    if not os.path.isfile(path):
+        raise FinlightError(f"{path}: no such checkpoint file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, pickle with code, not a checkpoint at all …
+        raise FinlightError(f"{path}: not a readable checkpoint ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0][:160]})") from None
+
+
+def check_finlight_checkpoint(path: str) -> dict:
+    """Refuse, with one line, a file Lightning would choke on (truncated, foreign, not a finlight run)."""
+    checkpoint = load_checkpoint(path)
+    if "pytorch-lightning_version" not in checkpoint or "state_dict" not in checkpoint:
+        raise FinlightError(f"{path}: not a Lightning checkpoint (no state_dict/version); was it written by finlight fit?")
+    if "finlight" not in checkpoint:
+        raise FinlightError(f"{path}: was not written by a finlight model (no 'finlight' entry)")
+    return checkpoint
+
+
+def latest_run_dir(root: str, experiment: str) -> str:
+    """The newest ``version_N`` folder of an experiment that holds a ``last.ckpt``."""
+    folder = os.path.join(root, experiment)
+    versions = [d for d in os.listdir(folder)] if os.path.isdir(folder) else []
+    versions = [d for d in versions if os.path.isfile(os.path.join(folder, d, "last.ckpt"))]
+    if not versions:
+        raise FinlightError(f"no finished run of experiment {experiment!r} under {folder}/ (no last.ckpt): "
+                            f"run fit first, or pass --ckpt_path path/to/file.ckpt")
+    newest = max(versions, key=lambda d: (int(d.split("_")[-1]) if d.split("_")[-1].isdigit() else -1, d))
+    return os.path.join(folder, newest)
+
+
+def resolve_checkpoint_alias(alias: str, root: str, experiment: str) -> str:
+    """``best`` / ``last`` across processes: the newest run's last.ckpt, or the best checkpoint it recorded."""
+    run = latest_run_dir(root, experiment)
+    last = os.path.join(run, "last.ckpt")
+    if alias == "last":
+        return last
+    states = load_checkpoint(last).get("callbacks", {})
+    best = next((s.get("best_model_path") for k, s in states.items() if "Checkpoint" in k and s.get("best_model_path")), None)
+    if not best or not os.path.isfile(best):
+        raise FinlightError(f"{last} records no best checkpoint that still exists ({best!r}); pass --ckpt_path explicitly")
+    return best

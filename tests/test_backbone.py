@@ -1,0 +1,81 @@
+"""Backbone loading: local directories, head reordering, offline hub ids, decoders, checkpoint rebuild."""
+
+import time
+
+import pytest
+import torch
+
+from finlight.errors import FinlightError
+from finlight.models.backbone import ScratchConfig, backbone_state, build_from_scratch, load_pretrained, rebuild_backbone
+
+from conftest import SENTENCES
+
+TEXTS = [t for ts in SENTENCES.values() for t in ts]
+
+
+def test_pretrained_head_rows_are_reordered_to_our_label_names(tiny_hf_dir):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    original = AutoModelForSequenceClassification.from_pretrained(tiny_hf_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_hf_dir)
+    model, _ = load_pretrained(str(tiny_hf_dir), ["Negative", "neutral", "POSITIVE"])
+    model.eval()
+    inputs = tokenizer(TEXTS[:4], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        theirs, ours = original(**inputs).logits, model(**inputs).logits
+    # theirs: positive, negative, neutral → ours: negative, neutral, positive
+    torch.testing.assert_close(ours, theirs[:, [1, 2, 0]])
+    assert model.config.id2label == {0: "Negative", 1: "neutral", 2: "POSITIVE"}
+
+
+def test_other_label_sets_get_a_fresh_head(tiny_hf_dir):
+    model, _ = load_pretrained(str(tiny_hf_dir), ["non_toxic", "toxic"])
+    assert model.config.num_labels == 2 and model.classifier.out_features == 2
+
+
+def test_unreachable_hub_id_fails_fast_and_says_what_to_do(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    with pytest.raises(FinlightError, match=r"model.backbone='nobody/no-such-model'.*hf download nobody/no-such-model"):
+        load_pretrained("nobody/no-such-model", ["a", "b"])
+    assert time.monotonic() - start < 10
+    with pytest.raises(FinlightError, match="no such directory"):
+        load_pretrained("./models/missing", ["a", "b"])
+
+
+def test_decoder_backbone_gets_a_pad_token(tmp_path):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from finlight.data.tokenization import train_wordpiece_tokenizer
+
+    tokenizer = train_wordpiece_tokenizer(TEXTS, vocab_size=200)
+    tokenizer.pad_token = None
+    tokenizer.eos_token = "[SEP]"
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, num_labels=2)
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model, loaded = load_pretrained(str(tmp_path), ["down", "up"])
+    assert loaded.pad_token == "[SEP]" and model.config.pad_token_id == loaded.pad_token_id
+    batch = loaded(["profit rose", "the company cut its full-year guidance"], return_tensors="pt", padding=True)
+    assert model(**batch).logits.shape == (2, 2)
+
+
+def test_checkpoint_state_rebuilds_the_same_model():
+    model, tokenizer = build_from_scratch(ScratchConfig(hidden_size=32, num_layers=1, num_heads=2,
+                                                        intermediate_size=64, vocab_size=300), ["a", "b", "c"], TEXTS)
+    model.eval()
+    state = backbone_state(model, tokenizer)
+    rebuilt, rebuilt_tokenizer = rebuild_backbone(state)
+    rebuilt.load_state_dict(model.state_dict())
+    rebuilt.eval()
+    assert rebuilt_tokenizer.get_vocab() == tokenizer.get_vocab()
+    inputs = tokenizer(TEXTS[:3], return_tensors="pt", padding=True)
+    torch.testing.assert_close(rebuilt(**inputs).logits, model(**inputs).logits)
+
+
+def test_scratch_config_is_checked():
+    with pytest.raises(FinlightError, match="not divisible by num_heads"):
+        build_from_scratch(ScratchConfig(hidden_size=30, num_heads=4), ["a", "b"], TEXTS)
+    with pytest.raises(FinlightError, match="train split is empty"):
+        build_from_scratch(ScratchConfig(), ["a", "b"], [])

@@ -1,0 +1,162 @@
+"""The CLI end to end, in-process, with a tiny from-scratch model on the demo set."""
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from finlight.cli import main, run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(folder: Path, name: str = "tiny", model: dict | None = None, data: dict | None = None,
+                trainer: dict | None = None) -> str:
+    config = {
+        "seed_everything": 7,
+        "trainer": {"max_epochs": 2, "deterministic": True, "enable_progress_bar": False,
+                    "enable_model_summary": False, "log_every_n_steps": 5, **(trainer or {})},
+        "model": {"class_path": "finlight.models.SequenceClassifier", "init_args": model or {
+            "scratch": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64,
+                        "vocab_size": 600, "max_position_embeddings": 128},
+            "learning_rate": 3e-3, "warmup_ratio": 0.1}},
+        "data": {"class_path": "finlight.data.ClassificationDataModule", "init_args": data or {
+            "path": "demo", "label_names": ["negative", "neutral", "positive"], "max_length": 48,
+            "batch_size": 32}},
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text("# python -m finlight fit --config " + path.name + "\n" + yaml.safe_dump(config))
+    return str(path)
+
+
+def best_score(trainer) -> float:
+    return float(trainer.checkpoint_callback.best_model_score)
+
+
+def test_fit_test_predict_export_round_trip(in_tmp):
+    config = tiny_config(in_tmp)
+    fit = run_cli(["fit", "--config", config])
+    run_dir = in_tmp / "logs" / "tiny" / "version_0"
+    assert {"config.yaml", "data_report.json", "hparams.yaml"} <= set(os.listdir(run_dir))
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(run_dir))
+    ckpt_dir = in_tmp / "checkpoints" / "tiny" / "version_0"
+    best = fit.trainer.checkpoint_callback.best_model_path
+    assert (ckpt_dir / "last.ckpt").is_file() and Path(best).resolve().parent == ckpt_dir
+
+    # validate the best checkpoint in a new CLI: the same val/macro_f1 that selected it
+    validate = run_cli(["validate", "--config", config, "--ckpt_path", "best"])
+    assert float(validate.trainer.callback_metrics["val/macro_f1"]) == pytest.approx(best_score(fit.trainer), abs=1e-6)
+
+    # test twice: identical numbers, written to test_metrics.json with the confusion matrix
+    first = run_cli(["test", "--config", config, "--ckpt_path", "best"])
+    second = run_cli(["test", "--config", config, "--ckpt_path", best])
+    reports = [json.loads((Path(c.trainer.log_dir) / "test_metrics.json").read_text()) for c in (first, second)]
+    assert reports[0]["metrics"] == reports[1]["metrics"]
+    assert reports[0]["checkpoint"] == best
+    test_size = first.datamodule.report["sizes"]["test"]
+    assert sum(map(sum, reports[0]["confusion_matrix"])) == test_size
+    assert 0.0 <= reports[0]["metrics"]["test/macro_f1"] <= 1.0
+    assert (Path(first.trainer.log_dir) / "test_confusion_normalized.png").stat().st_size > 1000
+
+    # predict: one row per input, in input order, probabilities summing to one, label = argmax
+    predict = run_cli(["predict", "--config", config, "--ckpt_path", "best"])
+    with open(Path(predict.trainer.log_dir) / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["text"] for r in rows] == predict.datamodule.predict_texts and len(rows) == test_size
+    for row in rows:
+        probs = {n: float(row[f"prob_{n}"]) for n in ("negative", "neutral", "positive")}
+        assert sum(probs.values()) == pytest.approx(1.0, abs=1e-4)
+        assert row["label"] == max(probs, key=probs.get)
+
+    # export: a plain Hugging Face directory that gives the module's logits
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    main(["export", "--ckpt_path", best, "--output_dir", "exported"])
+    model = AutoModelForSequenceClassification.from_pretrained("exported").eval()
+    tokenizer = AutoTokenizer.from_pretrained("exported")
+    assert model.config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
+    module = predict.model.eval()
+    inputs = tokenizer(["Operating profit rose to EUR 12 million."], return_tensors="pt")
+    with torch.no_grad():
+        expected = module(inputs["input_ids"], inputs["attention_mask"])
+        got = model(**inputs).logits
+    torch.testing.assert_close(got, expected)
+
+
+def test_same_seed_gives_the_same_run(in_tmp):
+    config = tiny_config(in_tmp, trainer={"max_epochs": 1})
+
+    def outcome(*extra):
+        metrics = run_cli(["fit", "--config", config, *extra]).trainer.callback_metrics
+        return float(metrics["val/loss"]), float(metrics["val/macro_f1"])
+
+    first, second = outcome(), outcome()
+    assert first == second
+    assert outcome("--seed_everything", "8", "--data.init_args.seed", "8")[0] != first[0]
+
+
+def test_local_backbone_directory_fits(in_tmp, tiny_hf_dir):
+    config = tiny_config(in_tmp, model={"backbone": str(tiny_hf_dir), "learning_rate": 1e-3},
+                         trainer={"max_epochs": 1, "limit_train_batches": 3})
+    cli = run_cli(["fit", "--config", config])
+    assert cli.model.label_names == ["negative", "neutral", "positive"]
+    assert cli.model.model.config.id2label[0] == "negative"
+
+
+def test_print_config_resolves_defaults(in_tmp, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["fit", "--config", tiny_config(in_tmp), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["init_args"]["scratch"]["hidden_size"] == 32
+    assert printed["checkpoint"]["monitor"] == "val/macro_f1"
+
+
+def one_line_error(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err, "no error printed"
+    return err[-1]
+
+
+def test_config_typo_is_a_short_error(in_tmp, capsys):
+    path = Path(tiny_config(in_tmp))
+    path.write_text(path.read_text().replace("max_epochs", "max_epoch"))
+    assert "max_epoch" in one_line_error(capsys, ["fit", "--config", str(path)])
+
+
+def test_unknown_label_names_file_and_line(in_tmp, capsys):
+    (in_tmp / "bad.csv").write_text("text,label\nProfit rose,positive\nProfit fell,bearish\n")
+    config = tiny_config(in_tmp, data={"path": "bad.csv", "label_names": ["negative", "neutral", "positive"]})
+    message = one_line_error(capsys, ["fit", "--config", config])
+    assert message.startswith("finlight: error: bad.csv:3: unknown label 'bearish'")
+
+
+def test_checkpoint_that_does_not_fit_is_refused(in_tmp, capsys):
+    config = tiny_config(in_tmp, trainer={"max_epochs": 1, "limit_train_batches": 2})
+    best = run_cli(["fit", "--config", config]).trainer.checkpoint_callback.best_model_path
+    reordered = tiny_config(in_tmp, name="reordered", data={
+        "path": "demo", "label_names": ["positive", "neutral", "negative"], "max_length": 48})
+    message = one_line_error(capsys, ["test", "--config", reordered, "--ckpt_path", best])
+    assert "trained on labels ['negative', 'neutral', 'positive']" in message
+    torch.save({"state_dict": {"x": torch.zeros(1)}}, in_tmp / "foreign.ckpt")
+    message = one_line_error(capsys, ["test", "--config", config, "--ckpt_path", str(in_tmp / "foreign.ckpt")])
+    assert "foreign.ckpt: not a Lightning checkpoint" in message
+    message = one_line_error(capsys, ["test", "--config", tiny_config(in_tmp, name="never_ran"), "--ckpt_path", "best"])
+    assert "no finished run of experiment 'never_ran'" in message
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_every_config_starts_with_its_command_and_parses(config, capsys):
+    path = REPO / "configs" / config
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# python -m finlight ") and f"configs/{config}" in first
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["fit", "--config", str(path), "--print_config"])
+    assert exit_info.value.code == 0, capsys.readouterr().err
