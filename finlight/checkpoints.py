@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 
 from finlight.errors import FinlightError
 
@@ -53,3 +54,22 @@ def resolve_checkpoint_alias(alias: str, root: str, experiment: str) -> str:
     if not best or not os.path.isfile(best):
         raise FinlightError(f"{last} records no best checkpoint that still exists ({best!r}); pass --ckpt_path explicitly")
     return best
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints are written to ``<name>.tmp`` beside the target, flushed to disk, then renamed over it.
+
+    Lightning's own save goes through a temp file in the system temp folder and ``shutil.move``, which is a
+    copy — not atomic — when that folder is on another file system. A run killed mid-save here leaves the
+    previous checkpoint intact (and at worst a stray ``.tmp``), never a truncated ``last.ckpt``.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = os.fspath(path)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        temporary = f"{path}.tmp"
+        with open(temporary, "wb") as handle:
+            torch.save(checkpoint, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)

@@ -10,14 +10,18 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
 from typing import Optional
 
+from jsonargparse import ArgumentError
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from finlight.callbacks import EvaluationReport, PredictionWriter, RunCheckpoint
+from finlight.callbacks.rng_state import RNGState
 from finlight.checkpoints import check_finlight_checkpoint, resolve_checkpoint_alias
 from finlight.errors import FinlightError
 
@@ -35,33 +39,74 @@ class FinlightCLI(LightningCLI):
             "checkpoint.filename": "epoch{epoch:02d}-val_macro_f1{val/macro_f1:.4f}",
             "checkpoint.auto_insert_metric_name": False,
         })
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(EvaluationReport, "report")
+        parser.add_lightning_class_args(RNGState, "rng_state")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
+
+    def _parse_ckpt_path(self) -> None:
+        """Before Lightning reads ``--ckpt_path``: ``best|last`` in a new process mean the newest fit of this
+        experiment, and any checkpoint is opened safely (weights only) and checked, one line if it is bad."""
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else None
+        path = config.get("ckpt_path") if config is not None else None
+        self._resume_version = None
+        if path:
+            if path in ("best", "last"):
+                resolved = resolve_checkpoint_alias(path, config.checkpoint.root, _experiment(config))
+                print(f"finlight: --ckpt_path {path} → {resolved}")
+                if subcommand == "fit":
+                    # resuming: keep writing into the interrupted run's folders, not a new version_N
+                    self._resume_version = os.path.basename(os.path.dirname(resolved))
+                config.ckpt_path = path = resolved
+            check_finlight_checkpoint(path)
+        # Lightning would now overwrite the model's config with the checkpoint's hyper-parameters, silently
+        # ignoring --model.* on the command line. finlight runs the config it is given; the checkpoint
+        # supplies weights and architecture (each module rebuilds its backbone from it in on_load_checkpoint).
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
         logger = config.trainer.logger
-        name = config.experiment or _config_stem(config) or "default"
-        if logger is not None and not isinstance(logger, bool) and str(logger.class_path).endswith("TensorBoardLogger"):
-            if logger.init_args.get("name") in (None, "default", "lightning_logs"):
-                logger.init_args.name = name
+        if _is_tensorboard(logger) and logger.init_args.get("name") in (None, "default", "lightning_logs"):
+            logger.init_args.name = _experiment(config)
+
+    def before_fit(self) -> None:
+        if self._resume_version is not None and getattr(self.trainer.logger, "_version", 0) is None:
+            self.trainer.logger._version = self._resume_version
 
 
-    def _check_ckpt_path(self) -> None:
-        """``--ckpt_path best|last`` in a new process means the newest fit of this experiment; any checkpoint
-        is opened safely (weights only) and checked before Lightning sees it."""
-        config = self.config_init[self.subcommand]
-        path = config.get("ckpt_path")
-        if path is None:
-            return
-        if path in ("best", "last"):
-            checkpoint = next(c for c in self.trainer.callbacks if isinstance(c, RunCheckpoint))
-            resolved = resolve_checkpoint_alias(path, checkpoint.root, self.trainer.logger.name)
-            print(f"finlight: --ckpt_path {path} → {resolved}")
-            config["ckpt_path"] = path = resolved
-        check_finlight_checkpoint(path)
+def _is_tensorboard(logger) -> bool:
+    return logger is not None and not isinstance(logger, bool) and str(logger.class_path).endswith("TensorBoardLogger")
 
-    before_fit = before_validate = before_test = before_predict = _check_ckpt_path
+
+def _experiment(config) -> str:
+    """The run name: the logger's explicit name, else ``--experiment``, else the config file's name."""
+    logger = config.trainer.logger
+    if _is_tensorboard(logger) and logger.init_args.get("name") not in (None, "default", "lightning_logs"):
+        return logger.init_args.name
+    return config.experiment or _config_stem(config) or "default"
+
+
+def _finlight_cause(err: BaseException) -> Optional[FinlightError]:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, FinlightError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _first_line(err: Exception) -> str:
+    """jsonargparse nests errors (model → class_path → key); keep the innermost key and its reason."""
+    text = str(err)
+    lines = [line.strip().lstrip("- ").strip() for line in text.splitlines() if line.strip()]
+    keys = re.findall(r'Parser key "([^"]+)"', text)
+    noise = ("Parser key", "Does not validate", "Subtypes", "Errors", "Given value", "Problem with given class_path")
+    reasons = [line for line in lines if not line.startswith(noise) and "NoneType" not in line]
+    if keys and reasons:
+        return f"{'.'.join(dict.fromkeys(keys))}: {reasons[0]}"
+    return lines[0] if lines else type(err).__name__
 
 
 def _config_stem(config) -> Optional[str]:
@@ -82,6 +127,7 @@ def _configure_logging() -> None:
     warnings.filterwarnings("ignore", ".*`isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
     # evaluating a checkpoint from another run folder: Lightning warns that it keeps only best_model_path
     warnings.filterwarnings("ignore", ".*The dirpath has changed from.*")
+    warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")  # resuming
 
 
 # Commands beside Lightning's fit/validate/test/predict: name → "module:function(argv)".
@@ -102,9 +148,9 @@ def run_cli(args: Optional[list[str]] = None, **kwargs) -> FinlightCLI:
         None, None,
         subclass_mode_model=True, subclass_mode_data=True,
         seed_everything_default=42,
-        trainer_defaults={"logger": DEFAULT_LOGGER},
-        parser_kwargs={"default_env": False, "allow_abbrev": False},
-        save_config_kwargs={"overwrite": False},
+        trainer_defaults={"logger": DEFAULT_LOGGER, "plugins": [{"class_path": "finlight.checkpoints.AtomicCheckpointIO"}]},
+        parser_kwargs={"default_env": False, "allow_abbrev": False, "exit_on_error": False},
+        save_config_kwargs={"overwrite": True},  # only a resumed run writes into an existing folder
         args=args, **kwargs,
     )
 
@@ -121,6 +167,16 @@ def main(argv: Optional[list[str]] = None) -> None:
             run_cli(given)
     except FinlightError as err:
         print(f"finlight: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except ValueError as err:  # jsonargparse wraps what a class's __init__ raises while instantiating it
+        cause = _finlight_cause(err)
+        if cause is None:
+            raise
+        print(f"finlight: error: {cause}", file=sys.stderr)
+        sys.exit(2)
+    except ArgumentError as err:  # a config or command-line mistake: its first line names the key
+        print(f"finlight: error: {_first_line(err)} (see `python -m finlight {argv[0] if argv else ''} --help`)",
+              file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("finlight: interrupted", file=sys.stderr)

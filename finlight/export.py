@@ -15,25 +15,18 @@ from finlight.errors import FinlightError
 def export_hf(ckpt_path: str, output_dir: str, trust_remote_code: bool = False, merged: bool = False) -> str:
     """A Hugging Face directory; for adapter-only (LoRA / quantized) checkpoints a peft adapter directory, or
     with ``merged`` the adapters merged into the full-precision base (see `finlight.export_adapter`)."""
-    from finlight.models.backbone import rebuild_backbone
-    from finlight.models.classifier import CHECKPOINT_KEY, check_state_dict_fits
+    from finlight.models.restore import restore_from_checkpoint
 
     checkpoint = load_checkpoint(ckpt_path)
-    info = checkpoint.get(CHECKPOINT_KEY)
-    if info is None:
-        raise FinlightError(f"{ckpt_path}: not a finlight SequenceClassifier checkpoint")
+    if "finlight" not in checkpoint:
+        raise FinlightError(f"{ckpt_path}: not a finlight checkpoint (no 'finlight' entry)")
     if os.path.isdir(output_dir) and os.listdir(output_dir):
         raise FinlightError(f"{output_dir}: exists and is not empty; choose a new --output_dir")
-    if info.get("adapter_only"):
+    if checkpoint["finlight"].get("adapter_only"):
         from finlight.export_adapter import export_adapter
 
         return export_adapter(checkpoint, output_dir, merged, trust_remote_code)
-    model, tokenizer = rebuild_backbone(info["backbone"], trust_remote_code, causal_lm=info.get("task") == "causal-lm")
-    weights = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-    check_state_dict_fits(model.state_dict(), weights)
-    model.load_state_dict(weights)
-    if os.path.isdir(output_dir) and os.listdir(output_dir):
-        raise FinlightError(f"{output_dir}: exists and is not empty; choose a new --output_dir")
+    model, tokenizer, _, _ = restore_from_checkpoint(ckpt_path, trust_remote_code, checkpoint)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return output_dir
@@ -49,4 +42,6 @@ def export_main(argv: list[str]) -> None:
                         help="LoRA checkpoints: merge the adapters into the base (default: a peft adapter directory)")
     args = parser.parse_args(argv)
     out = export_hf(args.ckpt_path, args.output_dir, args.trust_remote_code, args.merged)
-    print(f"finlight: exported {args.ckpt_path} to {out} (load with AutoModelForSequenceClassification)")
+    adapter = os.path.isfile(os.path.join(out, "adapter_config.json"))
+    kind = "a peft adapter: load with peft's AutoPeftModel classes" if adapter else "load with AutoModelFor* classes"
+    print(f"finlight: exported {args.ckpt_path} to {out} ({kind})")

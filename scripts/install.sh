@@ -10,5 +10,8 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q -c constraints.txt torch
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,lora,onnx]"
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,lora,onnx,dendrites]"
+# perforatedai declares torchvision (breaks torchmetrics beside CPU torch) and cryptography it does not need here:
+# install it without its declared dependencies; its real needs come with the `dendrites` extra above.
+.venv/bin/python -m pip install -q --no-deps perforatedai==3.2.9
 .venv/bin/python -c "import finlight, torch, lightning, transformers; print('finlight', finlight.__version__, '| torch', torch.__version__, '| lightning', lightning.__version__, '| transformers', transformers.__version__)"

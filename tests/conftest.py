@@ -9,6 +9,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pathlib import Path  # noqa: E402
 
+import lightning.pytorch as pl  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -85,3 +86,57 @@ def tiny_hf_dir(tmp_path_factory) -> Path:
     BertForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def binary_run_config(in_tmp):
+    """A factory: writes a binary (ok / toxic) CSV of distinct sentences and a tiny from-scratch config for it
+    into the test's folder. ``trainer_yaml`` lines go under ``trainer:`` (indent 2, e.g. callbacks),
+    ``extra_yaml`` at the top level (e.g. ``predictions:``). Returns the config's path."""
+
+    def write(trainer_yaml: str = "", extra_yaml: str = "", max_epochs: int = 2, name: str = "tiny_binary") -> str:
+        import csv
+
+        with open("binary.csv", "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["text", "label"])
+            writer.writerows((t, "toxic" if label == "negative" else "ok") for t, label in labelled_rows(4))
+        text = ("seed_everything: 7\n"
+                f"trainer:\n  max_epochs: {max_epochs}\n  deterministic: true\n  enable_progress_bar: false\n"
+                "  enable_model_summary: false\n  log_every_n_steps: 1\n" + trainer_yaml +
+                "model:\n  class_path: finlight.models.SequenceClassifier\n  init_args:\n"
+                "    scratch: {hidden_size: 32, num_layers: 1, num_heads: 2, intermediate_size: 64, vocab_size: 400}\n"
+                "    learning_rate: 3.0e-3\n"
+                "data:\n  class_path: finlight.data.ClassificationDataModule\n  init_args:\n"
+                "    path: binary.csv\n    label_names: [ok, toxic]\n    split_ratios: [0.5, 0.25, 0.25]\n"
+                "    max_length: 32\n    batch_size: 8\n" + extra_yaml)
+        path = in_tmp / f"{name}.yaml"
+        path.write_text(text)
+        return str(path)
+
+    return write
+
+
+
+class InterruptAtEpoch(pl.Callback):
+    """Stops a run the hard way at the start of ``epoch`` (used by class_path from test configs)."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError(f"simulated crash at the start of epoch {self.epoch}")
+
+
+class KillAtBatch(pl.Callback):
+    """SIGKILLs its own process in the middle of an epoch: no clean-up, no final checkpoint (a real crash)."""
+
+    def __init__(self, epoch: int, batch: int):
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)

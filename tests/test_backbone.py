@@ -79,3 +79,12 @@ def test_scratch_config_is_checked():
         build_from_scratch(ScratchConfig(hidden_size=30, num_heads=4), ["a", "b"], TEXTS)
     with pytest.raises(FinlightError, match="train split is empty"):
         build_from_scratch(ScratchConfig(), ["a", "b"], [])
+
+
+def test_a_module_built_in_python_saves_plain_hparams(tmp_path):
+    from finlight.models import SequenceClassifier
+
+    module = SequenceClassifier(scratch=ScratchConfig(hidden_size=32, num_layers=1, num_heads=2), label_names=["a", "b"])
+    assert module.hparams["scratch"]["hidden_size"] == 32 and module.scratch.hidden_size == 32
+    torch.save({"hyper_parameters": dict(module.hparams)}, tmp_path / "h.ckpt")
+    assert torch.load(tmp_path / "h.ckpt", weights_only=True)["hyper_parameters"]["scratch"]["num_layers"] == 1

@@ -42,10 +42,17 @@ def test_fit_test_predict_export_round_trip(in_tmp):
     fit = run_cli(["fit", "--config", config])
     run_dir = in_tmp / "logs" / "tiny" / "version_0"
     assert {"config.yaml", "data_report.json", "hparams.yaml"} <= set(os.listdir(run_dir))
-    assert any(f.startswith("events.out.tfevents") for f in os.listdir(run_dir))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir)).Reload()
+    assert {"val/confusion_raw", "val/confusion_normalized"} <= set(events.Tags()["images"])
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "val/loss", "val/macro_f1", "val/macro_f1_best", "val/f1_negative", "lr-AdamW/pg1"} <= scalars
+    assert len(events.Scalars("val/macro_f1")) == 2  # one per epoch, the sanity check not logged
     ckpt_dir = in_tmp / "checkpoints" / "tiny" / "version_0"
     best = fit.trainer.checkpoint_callback.best_model_path
     assert (ckpt_dir / "last.ckpt").is_file() and Path(best).resolve().parent == ckpt_dir
+    assert torch.load(ckpt_dir / "last.ckpt", weights_only=True)["epoch"] == 1  # the newest state, best or not
 
     # validate the best checkpoint in a new CLI: the same val/macro_f1 that selected it
     validate = run_cli(["validate", "--config", config, "--ckpt_path", "best"])
@@ -160,3 +167,16 @@ def test_every_config_starts_with_its_command_and_parses(config, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_cli(["fit", "--config", str(path), "--print_config"])
     assert exit_info.value.code == 0, capsys.readouterr().err
+
+
+def test_resume_from_last_continues_the_run_and_matches_an_uninterrupted_one(in_tmp):
+    config = tiny_config(in_tmp, trainer={"max_epochs": 3})
+    uninterrupted = run_cli(["fit", "--config", config, "--experiment", "straight"]).trainer.callback_metrics
+    crash = ["--trainer.callbacks+=conftest.InterruptAtEpoch", "--trainer.callbacks.epoch=2"]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_cli(["fit", "--config", config, "--experiment", "crashed", *crash])
+    resumed = run_cli(["fit", "--config", config, "--experiment", "crashed", "--ckpt_path", "last"])
+    assert resumed.trainer.log_dir.endswith(os.path.join("crashed", "version_0"))  # same folder, not a new run
+    assert not (in_tmp / "logs" / "crashed" / "version_1").exists()
+    for key in ("val/loss", "val/macro_f1", "val/acc"):
+        assert float(resumed.trainer.callback_metrics[key]) == pytest.approx(float(uninterrupted[key]), abs=1e-6), key

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import numpy as np
-import torch
 
 from finlight.data.tokenization import (LengthGroupedSampler, PaddingCollator, SortedSampler, encode_texts,
                                         padding_efficiency, train_wordpiece_tokenizer, wordpiece_vocabulary)

@@ -19,6 +19,7 @@ from finlight.data.splits import grouped_stratified_split
 from finlight.data.tokenization import (EncodedDataset, LengthGroupedSampler, PaddingCollator, SortedSampler,
                                         encode_texts)
 from finlight.errors import FinlightError
+from finlight.run_dir import run_dir
 
 log = logging.getLogger("finlight.data")
 SPLITS = ("train", "val", "test")
@@ -151,7 +152,7 @@ class ClassificationDataModule(pl.LightningDataModule):
                             f"{r.origin}: unknown label {r.label!r}; data.label_names is {self.label_names}. "
                             f"Add it to data.label_map, or set data.unknown_labels: drop"
                         )
-                    drops.add(f"rows with unknown labels", f"{r.origin} ({r.label!r})")
+                    drops.add("rows with unknown labels", f"{r.origin} ({r.label!r})")
                     continue
                 kept.append(r)
                 labels.append(label)
@@ -273,10 +274,10 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     def _write_report(self) -> None:
         trainer = self.trainer
-        if trainer is None or not trainer.is_global_zero or trainer.log_dir is None:
+        if trainer is None or not trainer.is_global_zero or run_dir(trainer) is None:
             return
-        os.makedirs(trainer.log_dir, exist_ok=True)
-        with open(os.path.join(trainer.log_dir, "data_report.json"), "w") as handle:
+        os.makedirs(run_dir(trainer), exist_ok=True)
+        with open(os.path.join(run_dir(trainer), "data_report.json"), "w") as handle:
             json.dump(self.report, handle, indent=2)
 
     # ------------------------------------------------------------------ batches
@@ -305,7 +306,10 @@ class ClassificationDataModule(pl.LightningDataModule):
         dataset = self.dataset(split)
         train = split == "train"
         if train and self.hp.group_by_length:
-            sampler = LengthGroupedSampler(dataset.lengths, self.hp.batch_size, seed=self.hp.seed)
+            world = self.trainer.world_size if self.trainer is not None else 1
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            sampler = LengthGroupedSampler(dataset.lengths, self.hp.batch_size, seed=self.hp.seed,
+                                           num_replicas=world, rank=rank)
         elif train:
             import torch
             sampler = None

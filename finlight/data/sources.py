@@ -66,14 +66,15 @@ def read_records(
     drops = drops if drops is not None else DropLog()
     if path == DEMO:
         path = str(demo_path())
+    if os.path.isdir(path) and fmt != "hub":
+        raise FinlightError(f"{path}: is a directory; point the data path at a file (or set data.format: hub "
+                            f"for a Hugging Face dataset folder)")
     fmt = resolve_format(path, fmt, labelled=label_column is not None)
     if fmt == "hub":
         return _read_hub(path, hub_config, hub_split, text_column, label_column)
     if not os.path.exists(path):
         raise FinlightError(f"{path}: no such file (check the data path in your config; it is relative to "
                             f"the working directory {os.getcwd()})")
-    if os.path.isdir(path):
-        raise FinlightError(f"{path}: is a directory; point the data path at a file")
     n_malformed_before = drops.total()
     if fmt == "parquet":
         records = _read_parquet(path, text_column, label_column)

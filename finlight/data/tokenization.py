@@ -7,7 +7,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
                   "mask_token": "[MASK]"}
@@ -132,38 +132,36 @@ class PaddingCollator:
         return batch
 
 
-class LengthGroupedSampler(Sampler[int]):
+class LengthGroupedSampler(DistributedSampler):
     """Random order in which consecutive ``batch_size`` chunks hold similar lengths.
 
     As in Hugging Face's sampler: shuffle, cut into mega-batches of ``mega_batches × batch_size``, sort each
     by length, then shuffle the batches inside it. Order depends only on ``seed`` and the epoch (Lightning
-    calls `set_epoch`), so a resumed run sees the same batches as an uninterrupted one.
+    calls `set_epoch`), so a resumed run sees the same batches as an uninterrupted one. Under DDP each of the
+    ``num_replicas`` ranks takes every ``num_replicas``-th index of that order, so the ranks' batches at one
+    step have similar lengths too (it is a `DistributedSampler`, which Lightning then leaves in place).
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, mega_batches: int = 50):
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, mega_batches: int = 50,
+                 num_replicas: int = 1, rank: int = 0):
+        super().__init__(lengths, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.lengths = np.asarray(lengths)
         self.batch_size = batch_size
-        self.seed = seed
-        self.mega = mega_batches * batch_size
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.lengths)
+        self.mega = mega_batches * batch_size * num_replicas
 
     def __iter__(self) -> Iterator[int]:
         rng = np.random.default_rng((self.seed, self.epoch))
         order = rng.permutation(len(self.lengths))
         out: list[int] = []
+        step = self.batch_size * self.num_replicas
         for start in range(0, len(order), self.mega):
             chunk = order[start : start + self.mega]
             chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
-            batches = [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            batches = [chunk[i : i + step] for i in range(0, len(chunk), step)]
             for b in rng.permutation(len(batches)):
                 out.extend(int(i) for i in batches[b])
-        return iter(out)
+        out += out[: self.total_size - len(out)]  # pad (with repeats) so every rank gets as many
+        return iter(out[self.rank : self.total_size : self.num_replicas])
 
 
 class SortedSampler(Sampler[int]):

@@ -58,11 +58,12 @@ def build_from_scratch(cfg: ScratchConfig, label_names: Sequence[str], train_tex
     return BertForSequenceClassification(config), tokenizer
 
 
-def load_pretrained(name_or_path: str, label_names: Sequence[str], trust_remote_code: bool = False):
+def load_pretrained(name_or_path: str, label_names: Sequence[str], trust_remote_code: bool = False, **load_kwargs):
     """Load a hub id or local directory as a classifier over ``label_names``.
 
     When the checkpoint already has a head over the same label set (ProsusAI/finbert: positive, negative,
     neutral), its rows are permuted into our order instead of re-initialised, so zero-shot numbers are real.
+    ``load_kwargs`` go to ``from_pretrained`` (``quantization_config`` + ``device_map`` for 4/8-bit).
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -72,7 +73,7 @@ def load_pretrained(name_or_path: str, label_names: Sequence[str], trust_remote_
     except (OSError, ValueError) as err:
         raise _unreachable(name_or_path, err) from None
     own = _pretrained_label_order(config, label_names)
-    kwargs = dict(dtype=torch.float32, trust_remote_code=trust_remote_code)
+    kwargs = dict(dtype=torch.float32, trust_remote_code=trust_remote_code, **load_kwargs)
     if own is not None:
         model = AutoModelForSequenceClassification.from_pretrained(name_or_path, config=config, **kwargs)
         _permute_head(model, [own.index(n.casefold()) for n in label_names])
@@ -108,12 +109,17 @@ def backbone_state(model, tokenizer) -> dict:
                     files[name] = handle.read()
     if "tokenizer.json" not in files:
         raise FinlightError("finlight checkpoints need a fast tokenizer (tokenizer.json); this one is slow-only")
-    return {"config": model.config.to_dict(), "tokenizer_files": files}
+    config = model.config.to_dict()
+    # how the weights were stored (4/8-bit) is a training option recorded by the module, not architecture;
+    # its enums would also make the checkpoint unloadable with weights_only=True
+    config.pop("quantization_config", None)
+    return {"config": config, "tokenizer_files": files}
 
 
-def rebuild_backbone(state: dict, trust_remote_code: bool = False):
-    """Inverse of `backbone_state`: the architecture with fresh weights, and the exact tokenizer."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+def rebuild_backbone(state: dict, trust_remote_code: bool = False, causal_lm: bool = False):
+    """Inverse of `backbone_state`: the architecture with fresh weights, and the exact tokenizer
+    (a sequence classifier, or with ``causal_lm`` a language model)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     config_dict = dict(state["config"])
     model_type = config_dict.pop("model_type")
@@ -123,7 +129,8 @@ def rebuild_backbone(state: dict, trust_remote_code: bool = False):
             with open(os.path.join(tmp, name), "w", encoding="utf-8") as handle:
                 handle.write(text)
         tokenizer = AutoTokenizer.from_pretrained(tmp)
-    model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
+    auto_class = AutoModelForCausalLM if causal_lm else AutoModelForSequenceClassification
+    model = auto_class.from_config(config, trust_remote_code=trust_remote_code)
     return model.float(), tokenizer
 
 

@@ -77,9 +77,10 @@ class SequenceClassifier(pl.LightningModule):
             raise FinlightError("model.lora / model.quantization need pretrained weights (model.backbone); a "
                                 "model.scratch encoder trains all its weights")
         self.save_hyperparameters(logger=False)
+        self.scratch = as_options(scratch, ScratchConfig)
         self.hparams["lora"], self.hparams["quantization"] = options_dict(self.lora), options_dict(self.quantization)
+        self.hparams["scratch"] = options_dict(self.scratch)
         self.backbone_name = backbone
-        self.scratch = scratch
         self.model = None
         self.tokenizer = None
         self.label_names: Optional[list[str]] = list(label_names) if label_names else None
@@ -199,8 +200,9 @@ class SequenceClassifier(pl.LightningModule):
         checkpoint[CHECKPOINT_KEY] = {"label_names": self.label_names,
                                       "backbone": backbone_state(self.model, self.tokenizer)}
         if self.adapter_only:
-            checkpoint[CHECKPOINT_KEY].update(adapter_only=True, base=self.backbone_name, task="sequence-classification",
-                                              lora=options_dict(self.lora), quantization=options_dict(self.quantization))
+            checkpoint[CHECKPOINT_KEY].update(
+                adapter_only=True, base=self.backbone_name, task="sequence-classification",
+                lora=options_dict(self.lora), quantization=options_dict(self.quantization))
             checkpoint["state_dict"] = trainable_state_dict(self, checkpoint["state_dict"])
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -1,0 +1,184 @@
+"""Inference speed and accuracy: finlight's predictor vs a plain ``transformers`` pipeline, and ONNX variants.
+
+    HF_HUB_OFFLINE=1 python benchmarks/inference.py                      # trains a bert-tiny-shaped model first
+    HF_HUB_OFFLINE=1 python benchmarks/inference.py --model exported/X   # or any exported HF directory
+
+Same process, same model weights, same texts (all of PhraseBank AllAgree for speed, its seeded 10 % test split
+for accuracy), same torch / onnxruntime thread count, same max_length and batch size. Every variant runs
+end to end: texts in, labels out (tokenization included). The reference is ``pipeline("text-classification")``
+measured in this run; ratios are samples/s of a variant over the pipeline's. Each timing is the median of
+``--repeats`` passes after one warm-up pass.
+
+Variants: the pipeline; finlight `Predictor` with torch (longest-first batches, each padded to its own longest
+text); the same without sorting (input-order batches: shows what sorting alone buys); ONNX fp32; ONNX INT8
+(onnxruntime dynamic quantisation); both again after onnxruntime's transformer optimizer (``--optimize``). Accuracy / macro-F1 on the test split, and agreement with the torch labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PHRASEBANK = ROOT.parent / "shared" / "data" / "financial_phrasebank" / "Sentences_AllAgree.txt"
+LABELS = ["negative", "neutral", "positive"]
+
+# bert-tiny shape (prajjwal1/bert-tiny: 2 layers, hidden 128, 2 heads, FFN 512), trained from scratch
+TRAIN_CONFIG = """\
+seed_everything: 42
+trainer: {{max_epochs: {epochs}, deterministic: true, enable_progress_bar: false, enable_model_summary: false,
+          log_every_n_steps: 20}}
+model:
+  class_path: finlight.models.SequenceClassifier
+  init_args:
+    scratch: {{hidden_size: 128, num_layers: 2, num_heads: 2, intermediate_size: 512, vocab_size: 8000}}
+    learning_rate: 1.0e-3
+    warmup_ratio: 0.1
+data:
+  class_path: finlight.data.ClassificationDataModule
+  init_args: {{path: "{data}", label_names: [negative, neutral, positive], split_ratios: [0.8, 0.1, 0.1],
+              max_length: {max_length}, batch_size: 32}}
+"""
+
+
+def train_model(data: str, epochs: int, max_length: int, workdir: Path) -> str:
+    """fit (finlight CLI, in process) and export the best checkpoint as a Hugging Face directory."""
+    from finlight.cli import run_cli
+    from finlight.export import export_hf
+
+    config = workdir / "bench_bert_tiny.yaml"
+    config.write_text(TRAIN_CONFIG.format(epochs=epochs, data=data, max_length=max_length))
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        cli = run_cli(["fit", "--config", str(config)])
+        best = cli.trainer.checkpoint_callback.best_model_path
+        return export_hf(best, str(workdir / "hf"))
+    finally:
+        os.chdir(cwd)
+
+
+def test_split(data: str, max_length: int):
+    from finlight.data import ClassificationDataModule
+
+    module = ClassificationDataModule(path=data, label_names=LABELS, split_ratios=(0.8, 0.1, 0.1), seed=42,
+                                      max_length=max_length)
+    module.setup()
+    all_texts = [r.text for split in ("train", "val", "test") for r in module.splits[split]]
+    return all_texts, [r.text for r in module.splits["test"]], module.labels["test"]
+
+
+def timed_rounds(variants: dict, texts, repeats: int) -> dict[str, float]:
+    """Median seconds per variant over ``repeats`` rounds; each round runs every variant once, in turn, so
+    that load from other processes drifts over all variants alike instead of penalising whichever ran last."""
+    for fn in variants.values():
+        fn(texts[:64])  # warm-up
+    seconds = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn(texts)
+            seconds[name].append(time.perf_counter() - start)
+    return {name: statistics.median(s) for name, s in seconds.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(PHRASEBANK))
+    parser.add_argument("--model", default=None, help="exported HF directory (default: train one here)")
+    parser.add_argument("--epochs", type=int, default=8, help="training epochs when no --model is given")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch and onnxruntime intra-op threads (1 by default: on a shared machine more "
+                             "threads than free cores stall OpenMP barriers and every timing with them)")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--max_length", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default=str(ROOT / "bench_out" / "inference"))
+    args = parser.parse_args()
+
+    import numpy as np
+    import torch
+    from sklearn.metrics import f1_score
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+    from transformers.utils import logging as hf_logging
+
+    from finlight.onnx_export import export_onnx
+    from finlight.predictor import Predictor
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="run_", dir=out))
+    if not Path(args.data).is_file():
+        sys.exit(f"benchmark: {args.data} not found (real data lives in ../shared/data)")
+    all_texts, texts, labels = test_split(args.data, args.max_length)
+    model_dir = args.model or train_model(args.data, args.epochs, args.max_length, workdir)
+    manifest = export_onnx(model_dir, str(workdir / "onnx"), int8=True, max_length=args.max_length)
+    optimized = export_onnx(model_dir, str(workdir / "onnx_opt"), int8=True, max_length=args.max_length, optimize=True)
+    torch.set_num_threads(args.threads)  # training may have changed it
+
+    hf_model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    names = [hf_model.config.id2label[i] for i in range(hf_model.config.num_labels)]
+    pipe = pipeline("text-classification", model=hf_model, tokenizer=tokenizer, device=torch.device("cpu"))
+
+    def pipeline_labels(batch):
+        return [r["label"] for r in pipe(batch, batch_size=args.batch_size, truncation=True, max_length=args.max_length)]
+
+    def predictor_labels(predictor):
+        return lambda batch: [r["label"] for r in predictor.predict(batch)]
+
+    load = dict(batch_size=args.batch_size, num_threads=args.threads, max_length=args.max_length)
+    variants = {
+        "transformers pipeline (reference)": pipeline_labels,
+        "finlight Predictor, torch": predictor_labels(Predictor.load(model_dir, "torch", **load)),
+        "  same, batches unsorted": predictor_labels(Predictor.load(model_dir, "torch", sort_by_length=False, **load)),
+        "finlight Predictor, ONNX fp32": predictor_labels(Predictor.load(str(workdir / "onnx"), "onnx", **load)),
+        "finlight Predictor, ONNX INT8": predictor_labels(Predictor.load(str(workdir / "onnx"), "onnx-int8", **load)),
+        "  ONNX fp32, ORT-optimized graph": predictor_labels(Predictor.load(str(workdir / "onnx_opt"), "onnx", **load)),
+        "  ONNX INT8, ORT-optimized graph": predictor_labels(
+            Predictor.load(str(workdir / "onnx_opt"), "onnx-int8", **load)),
+    }
+    seconds = timed_rounds(variants, all_texts, args.repeats)
+    results = {name: {"samples_per_s": len(all_texts) / seconds[name], "seconds": seconds[name],
+                      "predicted": fn(texts)} for name, fn in variants.items()}
+    reference = results["transformers pipeline (reference)"]
+    torch_labels = results["finlight Predictor, torch"]["predicted"]
+    truth = [names[i] for i in labels]
+    print(f"\nbert-tiny shape ({sum(p.numel() for p in hf_model.parameters()) / 1e6:.2f} M params), "
+          f"{len(all_texts)} PhraseBank AllAgree texts timed, {len(texts)}-text test split scored; "
+          f"{args.threads} thread(s), batch {args.batch_size}, max_length {args.max_length}, median of {args.repeats} interleaved rounds\n")
+    print(f"{'variant':36s} {'samples/s':>10s} {'× pipeline':>11s} {'test acc':>9s} {'macro-F1':>9s} {'= torch':>8s}")
+    table = {}
+    for name, r in results.items():
+        accuracy = float(np.mean([p == t for p, t in zip(r["predicted"], truth)]))
+        macro = float(f1_score(truth, r["predicted"], labels=names, average="macro"))
+        agreement = float(np.mean([p == t for p, t in zip(r["predicted"], torch_labels)]))
+        ratio = r["samples_per_s"] / reference["samples_per_s"]
+        print(f"{name:36s} {r['samples_per_s']:10.0f} {ratio:10.2f}× {accuracy:9.4f} {macro:9.4f} {agreement:8.1%}")
+        table[name.strip()] = {"samples_per_s": r["samples_per_s"], "ratio_vs_pipeline": ratio,
+                               "test_accuracy": accuracy, "test_macro_f1": macro, "agreement_with_torch": agreement}
+    print(f"\nONNX check: max |fp32 − torch| = {manifest['check']['fp32']['max_abs_diff']:.1e}, "
+          f"max |int8 − torch| = {manifest['check']['int8']['max_abs_diff']:.3f}; sizes (MB): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in manifest["sizes_mb"].items())
+          + f"; ORT optimizer fused: {optimized['optimized']}")
+    with open(out / "inference.json", "w") as handle:
+        json.dump({"setup": vars(args) | {"model_dir": model_dir, "timed_texts": len(all_texts),
+                                          "test_texts": len(texts)}, "results": table,
+                   "onnx": manifest, "onnx_optimized": optimized}, handle, indent=2)
+    print(f"→ {out / 'inference.json'}")
+
+
+if __name__ == "__main__":
+    main()

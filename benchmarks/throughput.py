@@ -1,0 +1,154 @@
+"""Training / inference throughput, padding efficiency and peak memory of a from-scratch bert-tiny-shaped model.
+
+    python benchmarks/throughput.py [--data ../shared/data/financial_phrasebank/Sentences_AllAgree.txt]
+
+finlight's batching (length-grouped training batches, longest-first evaluation batches, dynamic padding) is
+measured against the naive reference in the same run: random batches padded to ``max_length``. Targets
+(issue 2): padding efficiency ≥ 0.85 on PhraseBank, inference ≥ 3,000 samples/s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from finlight.data import ClassificationDataModule
+from finlight.data.tokenization import LengthGroupedSampler, PaddingCollator, SortedSampler, padding_efficiency
+from finlight.models.backbone import ScratchConfig, build_from_scratch
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/financial_phrasebank/Sentences_AllAgree.txt"
+
+
+class FixedPadCollator(PaddingCollator):
+    """The reference: every batch padded to max_length (what a static-shape pipeline does)."""
+
+    def __init__(self, pad_token_id: int, width: int):
+        super().__init__(pad_token_id)
+        self.width = width
+
+    def __call__(self, items):
+        items = items + [{"input_ids": [self.pad_token_id] * self.width, "index": -1, "labels": 0}]
+        batch = super().__call__(items)
+        return {k: v[:-1] for k, v in batch.items()}
+
+
+def batches_of(sampler_order, batch_size):
+    order = list(sampler_order)
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def time_inference(model, loader, repeats: int) -> float:
+    model.eval()
+    n = 0
+    with torch.inference_mode():
+        for batch in loader:  # warm-up pass
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        start = time.perf_counter()
+        for _ in range(repeats):
+            for batch in loader:
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                n += len(batch["input_ids"])
+    return n / (time.perf_counter() - start)
+
+
+def time_training(model, loader, steps: int) -> float:
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    n, step = 0, 0
+    start = None
+    while step < steps + 3:
+        for batch in loader:
+            if step == 3:
+                start = time.perf_counter()  # after 3 warm-up steps
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+            out.loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if step > 3:
+                n += len(batch["input_ids"])
+            if step >= steps + 3:
+                break
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--max_length", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--train_steps", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    dm = ClassificationDataModule(path=args.data, max_length=args.max_length, batch_size=args.batch_size)
+    dm.setup("fit")
+    model, tokenizer = build_from_scratch(ScratchConfig(), dm.label_names, dm.train_texts)
+    dm.tokenizer = tokenizer
+    texts = [r.text for split in ("train", "val", "test") for r in dm.splits[split]]
+    train = dm.dataset("train")
+    lengths = train.lengths
+    pad = tokenizer.pad_token_id
+    rng = np.random.default_rng(0)
+
+    grouped = batches_of(LengthGroupedSampler(lengths, args.batch_size, seed=0), args.batch_size)
+    random_order = batches_of(rng.permutation(len(lengths)), args.batch_size)
+    fixed_eff = sum(lengths) / (len(lengths) * args.max_length)
+    eff = {"length_grouped": padding_efficiency(lengths, grouped), "random_dynamic": padding_efficiency(lengths, random_order),
+           "random_fixed_max_length": fixed_eff}
+
+    from finlight.data.tokenization import EncodedDataset, encode_texts
+
+    all_ids, _ = encode_texts(tokenizer, texts, args.max_length)
+    everything = EncodedDataset(all_ids, [0] * len(all_ids))
+    sorted_eff = padding_efficiency(everything.lengths, batches_of(SortedSampler(everything.lengths), args.batch_size))
+    eff["eval_sorted"] = sorted_eff
+
+    finlight_eval = DataLoader(everything, batch_size=args.batch_size, sampler=SortedSampler(everything.lengths),
+                               collate_fn=PaddingCollator(pad))
+    naive_eval = DataLoader(everything, batch_size=args.batch_size, shuffle=True,
+                            generator=torch.Generator().manual_seed(0), collate_fn=FixedPadCollator(pad, args.max_length))
+    infer = {"finlight_sorted_dynamic": time_inference(model, finlight_eval, args.repeats),
+             "naive_fixed_padding": time_inference(model, naive_eval, 1)}
+
+    grouped_loader = DataLoader(train, batch_size=args.batch_size, sampler=LengthGroupedSampler(lengths, args.batch_size),
+                                collate_fn=PaddingCollator(pad))
+    naive_loader = DataLoader(train, batch_size=args.batch_size, shuffle=True,
+                              generator=torch.Generator().manual_seed(0), collate_fn=FixedPadCollator(pad, args.max_length))
+    training = {"finlight_length_grouped": time_training(model, grouped_loader, args.train_steps),
+                "naive_fixed_padding": time_training(model, naive_loader, args.train_steps)}
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    figures = {"data": args.data, "examples": len(texts), "threads": args.threads, "batch_size": args.batch_size,
+               "max_length": args.max_length, "parameters": sum(p.numel() for p in model.parameters()),
+               "padding_efficiency": eff, "inference_samples_per_s": infer, "training_samples_per_s": training,
+               "peak_rss_mb": peak_rss_mb}
+    print(f"bert-tiny shape from scratch ({figures['parameters'] / 1e6:.2f} M params), {len(texts)} PhraseBank texts, "
+          f"batch {args.batch_size}, max_length {args.max_length}, {args.threads} threads")
+    print(f"padding efficiency   train length-grouped {eff['length_grouped']:.3f} | random dynamic "
+          f"{eff['random_dynamic']:.3f} | fixed max_length {fixed_eff:.3f} | eval sorted {sorted_eff:.3f}")
+    print(f"inference samples/s  finlight {infer['finlight_sorted_dynamic']:,.0f} | naive {infer['naive_fixed_padding']:,.0f}"
+          f" | ratio {infer['finlight_sorted_dynamic'] / infer['naive_fixed_padding']:.2f}x")
+    print(f"training samples/s   finlight {training['finlight_length_grouped']:,.0f} | naive "
+          f"{training['naive_fixed_padding']:,.0f} | ratio "
+          f"{training['finlight_length_grouped'] / training['naive_fixed_padding']:.2f}x")
+    print(f"peak RSS             {peak_rss_mb:,.0f} MB")
+    print(f"targets              padding ≥ 0.85: {'PASS' if eff['length_grouped'] >= 0.85 else 'FAIL'} | "
+          f"inference ≥ 3,000/s: {'PASS' if infer['finlight_sorted_dynamic'] >= 3000 else 'FAIL'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""ONNX export (dynamic axes, checked against torch, INT8) and the Lightning-free predictor."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SENTENCES
+from finlight.errors import FinlightError
+
+TEXTS = [t for ts in SENTENCES.values() for t in ts]
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(tiny_hf_dir, tmp_path_factory):
+    from finlight.onnx_export import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "tiny"
+    manifest = export_onnx(str(tiny_hf_dir), str(out), int8=True)
+    return out, manifest
+
+
+def _torch_logits(hf_dir, texts):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(hf_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        return model(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits.numpy(), batch
+
+
+def test_onnx_matches_torch_on_other_batch_and_sequence_sizes(onnx_dir, tiny_hf_dir):
+    import onnxruntime as ort
+
+    out, manifest = onnx_dir
+    assert manifest["check"]["fp32"]["max_abs_diff"] < 1e-4
+    assert manifest["label_names"] == ["positive", "negative", "neutral"]
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.shape for i in session.get_inputs()] == [["batch", "sequence"], ["batch", "sequence"]]
+    for texts in (TEXTS[:7], TEXTS[3:4], TEXTS):  # 7 padded, 1 unpadded, 18 padded: none is the traced shape
+        expected, batch = _torch_logits(tiny_hf_dir, texts)
+        got = session.run(["logits"], {k: batch[k].numpy() for k in ("input_ids", "attention_mask")})[0]
+        assert got.shape == (len(texts), 3)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_int8_model_is_quantized_and_close(onnx_dir, tiny_hf_dir):
+    import onnx
+
+    out, manifest = onnx_dir
+    ops = {node.op_type for node in onnx.load(str(out / "model.int8.onnx")).graph.node}
+    assert ops & {"MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul"}, ops
+    check = manifest["check"]["int8"]
+    assert 0 < check["max_abs_diff"] < 0.05 and check["examples"] == 18
+    assert json.loads((out / "finlight_onnx.json").read_text())["files"] == {"fp32": "model.onnx",
+                                                                              "int8": "model.int8.onnx"}
+
+
+def test_predictor_backends_agree_and_keep_input_order(onnx_dir, tiny_hf_dir):
+    from finlight.predictor import Predictor
+
+    out, _ = onnx_dir
+    texts = TEXTS[::-1] + ["Short.", "A much longer sentence about the quarterly results of the company and its units."]
+    torch_pred = Predictor.load(str(tiny_hf_dir), backend="torch", batch_size=4)
+    onnx_pred = Predictor.load(str(out), batch_size=5)  # auto → onnx
+    int8_pred = Predictor.load(str(out), backend="onnx-int8")
+    assert onnx_pred.backend == "onnx"
+    p_torch, p_onnx = torch_pred.predict_proba(texts), onnx_pred.predict_proba(texts)
+    np.testing.assert_allclose(p_onnx, p_torch, atol=1e-5)
+    assert np.allclose(int8_pred.predict_proba(texts), p_torch, atol=0.02)
+    # sorted batching must hand results back in input order: compare with one text at a time
+    one_by_one = np.concatenate([_softmax(_torch_logits(tiny_hf_dir, [t])[0]) for t in texts])
+    np.testing.assert_allclose(p_torch, one_by_one, atol=1e-5)
+    results = torch_pred.predict(texts[:2])
+    assert results[0]["label"] == max(results[0]["probs"], key=results[0]["probs"].get)
+    assert abs(sum(results[0]["probs"].values()) - 1) < 1e-5
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_export_from_finlight_checkpoint_legacy_exporter_and_ort_optimizer(tiny_hf_dir, tmp_path, capsys):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from finlight.cli import main
+    from finlight.models.backbone import backbone_state
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_hf_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_hf_dir)
+    ckpt = tmp_path / "run.ckpt"
+    torch.save({"finlight": {"label_names": ["positive", "negative", "neutral"],
+                             "backbone": backbone_state(model, tokenizer)},
+                "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, ckpt)
+    out = tmp_path / "onnx"
+    main(["export-onnx", "--ckpt_path", str(ckpt), "--output_dir", str(out), "--legacy_exporter", "--optimize"])
+    assert "max |onnx − torch|" in capsys.readouterr().out
+    manifest = json.loads((out / "finlight_onnx.json").read_text())
+    assert manifest["exporter"] == "torchscript" and manifest["check"]["fp32"]["max_abs_diff"] < 1e-4
+    assert manifest["optimized"].get("SkipLayerNormalization", 0) >= 1  # fused kernels, and still within atol
+    from finlight.predictor import Predictor
+
+    np.testing.assert_allclose(Predictor.load(str(out)).predict_proba(TEXTS),
+                               Predictor.load(str(tiny_hf_dir), backend="torch").predict_proba(TEXTS), atol=1e-5)
+
+
+def test_mistakes_are_one_line_errors(onnx_dir, tiny_hf_dir, tmp_path):
+    from finlight.onnx_export import export_onnx
+    from finlight.predictor import Predictor
+
+    out, _ = onnx_dir
+    with pytest.raises(FinlightError, match="not empty"):
+        export_onnx(str(tiny_hf_dir), str(out))
+    with pytest.raises(FinlightError, match="no config.json"):
+        Predictor.load(str(tmp_path))
+    with pytest.raises(FinlightError, match="export with --int8"):
+        Predictor.load(str(tiny_hf_dir), backend="onnx-int8")
+    with pytest.raises(FinlightError, match="no such checkpoint"):
+        export_onnx(str(tmp_path / "missing.ckpt"), str(tmp_path / "o"))

@@ -1,0 +1,46 @@
+"""A fit SIGKILLed in the middle of an epoch and resumed with ``--ckpt_path last`` ends where an
+uninterrupted run ends (deterministic mode), and the crash left no broken checkpoint behind."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_cli import tiny_config
+
+
+def finlight(*args, cwd, check=True):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    result = subprocess.run([sys.executable, "-m", "finlight", *args], cwd=cwd, env=env, capture_output=True,
+                            text=True, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def final_val_metrics(folder: Path, experiment: str) -> dict:
+    """Validate the run's last checkpoint in a fresh process: the model the run ended with."""
+    finlight("validate", "--config", str(folder / "sk.yaml"), "--experiment", experiment, "--ckpt_path", "last",
+             cwd=folder)
+    runs = sorted((folder / "logs" / experiment).iterdir(), key=lambda p: p.stat().st_mtime)
+    return json.loads((runs[-1] / "val_metrics.json").read_text())["metrics"]
+
+
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(in_tmp):
+    tiny_config(in_tmp, name="sk", trainer={"max_epochs": 3})
+    finlight("fit", "--config", "sk.yaml", "--experiment", "straight", cwd=in_tmp)
+    killed = finlight("fit", "--config", "sk.yaml", "--experiment", "killed",
+                      "--trainer.callbacks+=conftest.KillAtBatch", "--trainer.callbacks.epoch=2",
+                      "--trainer.callbacks.batch=5", cwd=in_tmp, check=False)
+    assert killed.returncode == -signal.SIGKILL
+    folder = in_tmp / "checkpoints" / "killed" / "version_0"
+    assert not list(folder.glob("*.tmp"))  # no half-written checkpoint
+    finlight("fit", "--config", "sk.yaml", "--experiment", "killed", "--ckpt_path", "last", cwd=in_tmp)
+    assert sorted(os.listdir(in_tmp / "checkpoints" / "killed")) == ["version_0"]  # resumed in place
+    straight, resumed = final_val_metrics(in_tmp, "straight"), final_val_metrics(in_tmp, "killed")
+    for key in ("val/loss", "val/acc", "val/macro_f1"):
+        assert resumed[key] == pytest.approx(straight[key], abs=1e-6), key
