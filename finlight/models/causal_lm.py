@@ -13,18 +13,18 @@ import logging
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-import lightning.pytorch as pl
 import torch
 from torchmetrics import MaxMetric
 
 from finlight.errors import FinlightError
 from finlight.losses import answer_only_lm_loss
-from finlight.metrics import classification_metrics, flatten_metrics
+from finlight.metrics import classification_metrics
 from finlight.models.adapters import (CAUSAL_HEADS, LoraOptions, QuantizationOptions, apply_adapters, as_options,
                                       check_adapter_state, keep_in_place, options_dict, quantized_load_kwargs,
                                       trainable_state_dict, validate_options)
 from finlight.models.backbone import _unreachable, backbone_state, rebuild_backbone, set_pad_token
-from finlight.optim import Schedule, adamw_param_groups, build_scheduler
+from finlight.models.base import ClassificationModule
+from finlight.optim import Schedule
 from finlight.scoring import (check_label_tokens, class_log_probs, first_token_log_probs, parse_answer,
                               sequence_log_prob)
 
@@ -93,7 +93,7 @@ def load_causal_pretrained(name_or_path: str, dtype: str = "float32", trust_remo
     return model, tokenizer
 
 
-class CausalLMClassifier(pl.LightningModule):
+class CausalLMClassifier(ClassificationModule):
     """Instruction-tuned classification with a causal LM (e.g. Llama-3.2-3B-Instruct + QLoRA).
 
     Needs `finlight.data.instruction.InstructionDataModule` (prompt rendering, label words). Checkpoints of LoRA /
@@ -285,10 +285,8 @@ class CausalLMClassifier(pl.LightningModule):
                          "parsed": parsed is not None})
         return {"index": batch["index"], "rows": rows}
 
-    def _log_epoch_metrics(self, stage: str) -> dict[str, float]:
-        metrics = getattr(self, f"{stage}_metrics")
-        values = metrics.compute()
-        metrics.reset()
+    def _epoch_values(self, stage: str) -> dict[str, torch.Tensor]:
+        values = super()._epoch_values(stage)
         k = len(self.label_names)
         if self.evaluation == "generate":
             # drop the "unparseable" column: its answers stay errors (recall and accuracy count them)
@@ -297,35 +295,7 @@ class CausalLMClassifier(pl.LightningModule):
             support = values["confusion"][:k].sum(-1).float()
             values["weighted_f1"] = (values["f1"] * support).sum() / support.sum().clamp(min=1)
             values["confusion"] = values["confusion"][:k, :k]
-        self.confusion[stage] = values["confusion"].cpu()
-        flat = flatten_metrics(values, self.label_names, stage)
-        headline = {f"{stage}/acc", f"{stage}/macro_f1"}
-        self.log_dict({k_: v for k_, v in flat.items() if k_ in headline}, prog_bar=True)
-        self.log_dict({k_: v for k_, v in flat.items() if k_ not in headline})
-        return flat
-
-    def on_train_start(self) -> None:
-        self.val_macro_f1_best.reset()  # forget the sanity check
-
-    def on_validation_epoch_end(self) -> None:
-        flat = self._log_epoch_metrics("val")
-        if not self.trainer.sanity_checking and self.trainer.state.fn == "fit":
-            self.val_macro_f1_best.update(flat["val/macro_f1"])
-            self.log("val/macro_f1_best", self.val_macro_f1_best.compute())
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch_metrics("test")
-
-    # ------------------------------------------------------------------ optimisation
-    def configure_optimizers(self):
-        hp = self.hparams
-        groups = adamw_param_groups(self.model, hp.weight_decay)
-        if not any(g["params"] for g in groups):
-            raise FinlightError("nothing to train: every weight is frozen (a quantized backbone needs model.lora)")
-        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate)
-        total = int(self.trainer.estimated_stepping_batches)
-        scheduler = build_scheduler(optimizer, hp.scheduler, total, hp.warmup_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        return values
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:

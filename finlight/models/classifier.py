@@ -5,26 +5,26 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-import lightning.pytorch as pl
 import torch
 from torchmetrics import MaxMetric
 
 from finlight.errors import FinlightError
 from finlight.losses import weighted_cross_entropy
-from finlight.metrics import classification_metrics, flatten_metrics
+from finlight.metrics import classification_metrics
 from finlight.models.adapters import (SEQUENCE_HEADS, LoraOptions, QuantizationOptions, apply_adapters, as_options,
                                       check_adapter_state, keep_in_place, options_dict, quantized_load_kwargs,
                                       trainable_state_dict, validate_options)
 from finlight.models.backbone import (ScratchConfig, backbone_state, build_from_scratch, load_pretrained,
                                       rebuild_backbone)
-from finlight.optim import Schedule, adamw_param_groups, build_scheduler
+from finlight.models.base import ClassificationModule
+from finlight.optim import Schedule
 
 log = logging.getLogger("finlight.models")
 CHECKPOINT_KEY = "finlight"
 STAGES = ("val", "test")
 
 
-class SequenceClassifier(pl.LightningModule):
+class SequenceClassifier(ClassificationModule):
     """Fine-tune (or train from scratch) a sequence classifier.
 
     The backbone is built in `setup`, once the data module knows the label names, class weights and
@@ -160,40 +160,6 @@ class SequenceClassifier(pl.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         logits = self(batch["input_ids"], batch["attention_mask"])
         return {"index": batch["index"], "probs": logits.float().softmax(-1)}
-
-    def _log_epoch_metrics(self, stage: str) -> dict[str, float]:
-        metrics = getattr(self, f"{stage}_metrics")
-        values = metrics.compute()
-        metrics.reset()
-        self.confusion[stage] = values["confusion"].cpu()
-        flat = flatten_metrics(values, self.label_names, stage)
-        headline = {f"{stage}/acc", f"{stage}/macro_f1"}
-        self.log_dict({k: v for k, v in flat.items() if k in headline}, prog_bar=True)
-        self.log_dict({k: v for k, v in flat.items() if k not in headline})
-        return flat
-
-    def on_train_start(self) -> None:
-        self.val_macro_f1_best.reset()  # forget the sanity check
-
-    def on_validation_epoch_end(self) -> None:
-        flat = self._log_epoch_metrics("val")
-        if not self.trainer.sanity_checking:
-            self.val_macro_f1_best.update(flat["val/macro_f1"])
-            self.log("val/macro_f1_best", self.val_macro_f1_best.compute())
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch_metrics("test")
-
-    # ------------------------------------------------------------------ optimisation
-    def configure_optimizers(self):
-        hp = self.hparams
-        groups = adamw_param_groups(self.model, hp.weight_decay)
-        if not any(g["params"] for g in groups):
-            raise FinlightError("nothing to train: every weight is frozen (a quantized backbone needs model.lora)")
-        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate)
-        total = int(self.trainer.estimated_stepping_batches)
-        scheduler = build_scheduler(optimizer, hp.scheduler, total, hp.warmup_ratio, hp.step_size, hp.gamma)
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     # ------------------------------------------------------------------ checkpoints and export
     def on_save_checkpoint(self, checkpoint: dict) -> None:
