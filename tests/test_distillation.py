@@ -211,3 +211,19 @@ def test_configs_parse_and_name_their_command(name, capsys):
         expected = {"ce": "loss: ce", "kd_t2": "temperature: 2.0", "kd_t5": "temperature: 5.0",
                     "kd_t9": "temperature: 9.0", "pkd": "teacher: ProsusAI/finbert"}[name.split("albert_")[1]]
         assert expected in printed
+
+
+def test_kd_student_resumes_after_a_crash_to_the_same_result(tiny_hf_dir, in_tmp):
+    from conftest import InterruptAtEpoch  # noqa: F401  (used by class_path below)
+
+    write_data(in_tmp)
+    pseudo_label(str(tiny_hf_dir), ["corpus"], "pl.jsonl", progress_bar=False)
+    kd = ["--model.init_args.loss", "kd", "--model.init_args.temperature", "2"]
+    straight = run_cli(["fit", *student_args("straight", epochs=3), *kd]).trainer.callback_metrics
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_cli(["fit", *student_args("crashed", epochs=3), *kd,
+                 "--trainer.callbacks+=conftest.InterruptAtEpoch", "--trainer.callbacks.epoch=2"])
+    resumed = run_cli(["fit", *student_args("crashed", epochs=3), *kd, "--ckpt_path", "last"])
+    assert resumed.trainer.current_epoch == 3
+    for key in ("val/loss", "val/macro_f1"):
+        assert float(resumed.trainer.callback_metrics[key]) == pytest.approx(float(straight[key]), abs=1e-6), key
