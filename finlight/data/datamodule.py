@@ -282,7 +282,7 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------ batches
     def dataset(self, split: str) -> EncodedDataset:
-        """Tokenized split (cached per tokenizer); ``predict`` has no labels."""
+        """Tokenized split (cached per tokenizer); ``predict`` has no labels. Subclasses change `_encode`."""
         tokenizer = self.tokenizer
         cached = self._encoded.get(split)
         if cached is not None and cached[0] == id(tokenizer):
@@ -293,14 +293,18 @@ class ClassificationDataModule(pl.LightningDataModule):
             texts, labels = [r.text for r in self.splits[split]], self.labels[split]
         if not texts:
             raise FinlightError(f"data: the {split} split is empty; check the data paths and split_ratios")
-        ids, truncated = encode_texts(tokenizer, texts, self.hp.max_length)
+        dataset, truncated = self._encode(tokenizer, texts, labels)
         if truncated:
-            log.warning("data %s: %d of %d texts truncated to max_length=%d", split, truncated, len(texts),
+            log.warning("data %s: %d of %d texts truncated to fit max_length=%d", split, truncated, len(texts),
                         self.hp.max_length)
         self.report.setdefault("truncated", {})[split] = truncated
-        dataset = EncodedDataset(ids, labels)
         self._encoded[split] = (id(tokenizer), dataset)
         return dataset
+
+    def _encode(self, tokenizer, texts: list[str], labels: Optional[list[int]]) -> tuple[EncodedDataset, int]:
+        """(dataset of the texts, how many were truncated)."""
+        ids, truncated = encode_texts(tokenizer, texts, self.hp.max_length)
+        return EncodedDataset(ids, labels), truncated
 
     def _loader(self, split: str) -> DataLoader:
         dataset = self.dataset(split)

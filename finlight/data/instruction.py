@@ -194,25 +194,10 @@ class InstructionDataModule(ClassificationDataModule):
                                                              self.answer_prefix))
         return self._renderer[1]
 
-    def dataset(self, split: str) -> InstructionDataset:
-        tokenizer = self.tokenizer
-        cached = self._encoded.get(split)
-        if cached is not None and cached[0] == id(tokenizer):
-            return cached[1]
-        if split == "predict":
-            texts, labels = self.predict_texts, None
-        else:
-            texts, labels = [r.text for r in self.splits[split]], self.labels[split]
-        if not texts:
-            raise FinlightError(f"data: the {split} split is empty; check the data paths and split_ratios")
+    def _encode(self, tokenizer, texts: list[str], labels: Optional[list[int]]) -> tuple[InstructionDataset, int]:
+        """Prompt + answer token ids; texts are cut so that prompt + answer fit ``max_length``."""
         ids, prompt_lengths, truncated = self.renderer.encode(texts, labels, self.hp.max_length)
-        if truncated:
-            log.warning("data %s: %d of %d texts truncated so prompt + answer fit max_length=%d", split, truncated,
-                        len(texts), self.hp.max_length)
-        self.report.setdefault("truncated", {})[split] = truncated
-        dataset = InstructionDataset(ids, prompt_lengths, labels)
-        self._encoded[split] = (id(tokenizer), dataset)
-        return dataset
+        return InstructionDataset(ids, prompt_lengths, labels), truncated
 
     def _loader(self, split: str) -> DataLoader:
         # the parent builds the sampler and loader; only the collation differs (collate_fn may be reassigned)
