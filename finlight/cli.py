@@ -1,4 +1,5 @@
-"""``python -m finlight {fit,validate,test,predict,export} --config configs/X.yaml``.
+"""``python -m finlight {fit,validate,test,predict} --config configs/X.yaml``, and the extra commands
+``export``, ``export-onnx``, ``pseudo-label``, ``report``, ``seeds`` (see `EXTRA_COMMANDS`).
 
 A LightningCLI whose defaults make every run land in ``logs/<experiment>/version_N/`` (TensorBoard events,
 resolved config, data report, test metrics, predictions) and ``checkpoints/<experiment>/version_N/``.
