@@ -73,3 +73,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+
+
+def check_state_dict_fits(expected: dict, found: dict, what: str = "the checkpoint", hint: str = "") -> None:
+    """One-line error instead of PyTorch's wall of missing/unexpected keys."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    wrong = [f"{k} {tuple(found[k].shape)}≠{tuple(v.shape)}" for k, v in expected.items()
+             if k in found and tuple(found[k].shape) != tuple(v.shape)]
+    if missing or unexpected or wrong:
+        parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+                 f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+                 f"{len(wrong)} with another shape (e.g. {wrong[0]})" if wrong else ""]
+        raise FinlightError(f"{what} does not fit this model: " + ", ".join(p for p in parts if p) + hint)

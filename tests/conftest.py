@@ -140,3 +140,12 @@ class KillAtBatch(pl.Callback):
             import signal
 
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matmuls gain nothing from a second thread, and on a busy 2-core machine waiting for it costs ~30x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -13,13 +13,7 @@ from finlight.models.adapters import (LoraOptions, QuantizationOptions, apply_ad
                                       trainable_state_dict, validate_options)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls gain nothing from a second thread, and on a busy 2-core machine waiting for it costs ~30x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_llama(num_labels: int = 0):

@@ -15,7 +15,6 @@ from finlight.data.instruction import IGNORE_INDEX, InstructionCollator, Instruc
 from finlight.export import export_hf
 from finlight.models.adapters import is_checkpointing
 from finlight.models.causal_lm import CausalLMClassifier
-from finlight.scoring import sequence_log_prob
 
 from conftest import PHRASEBANK_ALL, SENTENCES, labelled_rows
 
@@ -42,13 +41,7 @@ def byte_bpe_tokenizer(chat: bool = True):
     return tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls gain nothing from a second thread, and on a busy 2-core machine waiting for it costs ~30x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

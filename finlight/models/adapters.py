@@ -208,14 +208,7 @@ def trainable_state_dict(module: nn.Module, state_dict: Optional[dict] = None) -
 
 def check_adapter_state(module: nn.Module, found: dict) -> None:
     """The checkpoint's weights must be exactly this module's trainable weights (names and shapes)."""
+    from finlight.checkpoints import check_state_dict_fits
+
     expected = {k: v for k, v in module.state_dict().items() if k in trainable_keys(module)}
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    wrong = [f"{k} {tuple(found[k].shape)}≠{tuple(v.shape)}" for k, v in expected.items()
-             if k in found and tuple(found[k].shape) != tuple(v.shape)]
-    if missing or unexpected or wrong:
-        parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
-                 f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
-                 f"{len(wrong)} with another shape (e.g. {wrong[0]})" if wrong else ""]
-        raise FinlightError("the adapter checkpoint does not fit this model (same lora/quantization options?): "
-                            + ", ".join(p for p in parts if p))
+    check_state_dict_fits(expected, found, "the adapter checkpoint", " (same lora/quantization options?)")

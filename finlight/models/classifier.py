@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 from torchmetrics import MaxMetric
 
+from finlight.checkpoints import check_state_dict_fits  # noqa: F401  (re-exported: restore, export)
 from finlight.errors import FinlightError
 from finlight.losses import weighted_cross_entropy
 from finlight.metrics import classification_metrics
@@ -196,16 +197,3 @@ class SequenceClassifier(ClassificationModule):
         """A Hugging Face directory (model + tokenizer, id2label set) that loads without finlight."""
         self.model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
-
-
-def check_state_dict_fits(expected: dict, found: dict) -> None:
-    """One-line error instead of PyTorch's wall of missing/unexpected keys."""
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    wrong = [f"{k} {tuple(found[k].shape)}≠{tuple(v.shape)}" for k, v in expected.items()
-             if k in found and tuple(found[k].shape) != tuple(v.shape)]
-    if missing or unexpected or wrong:
-        parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
-                 f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
-                 f"{len(wrong)} with another shape (e.g. {wrong[0]})" if wrong else ""]
-        raise FinlightError("the checkpoint does not fit this model: " + ", ".join(p for p in parts if p))
