@@ -1,22 +1,31 @@
 """Compression report: accuracy, macro-F1, size, parameters, throughput and peak memory of model variants.
 
-    HF_HUB_OFFLINE=1 python benchmarks/compression_report.py --config configs/sapling_bert_tiny_phrasebank.yaml \
-        --variant full=checkpoints/sapling_bert_tiny_phrasebank/version_0/epoch01-....ckpt \
-        --variant sapling_2of6=checkpoints/sapling_bert_tiny_phrasebank/version_0/last.ckpt \
-        --int8 full --int8 sapling_2of6 --out bench_out/compression
+    HF_HUB_OFFLINE=1 python benchmarks/compression_report.py --config configs/sapling_bert_phrasebank.yaml \
+        --sapling_run checkpoints/sapling_bert_phrasebank/version_0 \
+        --int8 sapling_2of6 --bnb8 sapling_2of6 --bnb4 sapling_2of6 \
+        --gpu_variant qlora_llama2_7b=exports/qlora_llama2_7b --gpu_variant gptq_llama2_7b=exports/gptq_llama2_7b \
+        --out bench_out/compression
 
-A variant is a finlight checkpoint (``.ckpt``) or an exported Hugging Face directory; ``--int8 NAME`` adds
-``NAME+int8`` (`finlight.quantize.dynamic_int8`). Every variant is scored once on the **test** split of
-``--config``'s data section (the split the runs were trained with: same path, ratios, seed) — selection
-happened on validation during training. Each variant is measured in its own fresh process (spawned), so
-its peak RSS is its own: ``peak_rss_mb`` is the process peak (interpreter + torch included) and
-``rss_model_mb`` the growth over the process after imports. Throughput is model time over the whole test
-set in sorted, dynamically padded batches after one warm-up pass (tokenization excluded): samples/s and
-real (non-padding) tokens/s. Writes ``report.md``, ``report.csv``, ``results.json`` and ``pareto.png``
-(size on disk vs accuracy, the Pareto front drawn) under ``--out``.
+A variant is a finlight checkpoint (``.ckpt``) or a Hugging Face directory (an export, a merged QLoRA model,
+or a quantized directory written by ``python -m finlight quantize``: its quantization config is applied at
+load). ``--sapling_run DIR`` adds, for each depth a SuccessiveLayerDrop run passed through, the checkpoint of
+that depth with the best ``val/macro_f1`` (``sapling_<depth>of<start>``: the deepest one is the full model
+before any drop). Post-training variants of a variant ``NAME``: ``--int8 NAME`` (dynamic INT8, CPU),
+``--bnb4 NAME`` / ``--bnb8 NAME`` (bitsandbytes at load time), ``--gptq NAME`` (GPTQ 4-bit calibrated on
+``--calibration_examples`` texts of the config's **train** split; decoders and BERT-style encoders).
+``--gpu_variant NAME=SRC`` is measured only where CUDA is available; elsewhere it is listed as "not run here
+(needs GPU)", and a variant that fails (e.g. a GPTQ group size that does not divide a layer's width) is listed
+with its error — never silently missing.
 
-GPU baselines (bitsandbytes 4/8-bit, GPTQ, QLoRA) are not measured here: see the README section
-"Structural compression" for their configs.
+Every variant is scored once on the **test** split of ``--config``'s data section (the split the runs were
+trained with: same path, ratios, seed) — selection happened on validation during training. Each variant is
+measured in its own fresh process (spawned), so its peak memory is its own: ``peak_rss_mb`` is the process
+peak (interpreter + torch included), ``rss_model_mb`` the growth over the process after imports and, on CUDA,
+``peak_gpu_mb`` the maximum allocated. ``params`` counts the unquantized architecture's parameters (packed
+4-bit storage would halve it). Throughput is model time over the whole test set in sorted, dynamically padded
+batches after one warm-up pass (tokenization excluded): samples/s and real (non-padding) tokens/s. Writes
+``report.md``, ``report.csv``, ``results.json``, ``pareto.png`` (size on disk vs accuracy, the Pareto front
+drawn) and the same figure, table and numbers to TensorBoard under ``--out/tensorboard``.
 """
 
 from __future__ import annotations
@@ -24,15 +33,21 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import multiprocessing
 import os
+import re
 import resource
 import sys
+import tempfile
 import time
 from typing import Optional, Sequence
 
-COLUMNS = ("variant", "layers", "acc", "macro_f1", "size_mb", "params", "samples_per_s", "tokens_per_s",
-           "peak_rss_mb", "rss_model_mb")
+COLUMNS = ("variant", "status", "device", "layers", "acc", "macro_f1", "size_mb", "params", "samples_per_s",
+           "tokens_per_s", "peak_rss_mb", "rss_model_mb", "peak_gpu_mb")
+QUANTIZATIONS = ("int8", "bnb4", "bnb8", "gptq4")
+NEEDS_GPU = "not run here (needs GPU)"
+LAYER_KEY = re.compile(r"^model\.(?:\w+\.)*?layers?\.(\d+)\.")
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -55,75 +70,162 @@ def _current_rss_mb() -> float:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def load_variant(source: str):
-    """(model in eval mode, tokenizer) from a finlight checkpoint or a Hugging Face directory."""
-    if os.path.isdir(source):
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+# ------------------------------------------------------------------------------------------ checkpoints
+def checkpoint_depth_and_score(path: str) -> tuple[int, Optional[float]]:
+    """(layers, the ``val/macro_f1`` it was saved with) of a finlight checkpoint, without building the model."""
+    import torch
 
-        model = AutoModelForSequenceClassification.from_pretrained(source, dtype=torch.float32)
-        return model.eval(), AutoTokenizer.from_pretrained(source)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    layers = {int(m.group(1)) for k in checkpoint["state_dict"] if (m := LAYER_KEY.match(k))}
+    score = None
+    for key, state in checkpoint.get("callbacks", {}).items():
+        if key.startswith(("RunCheckpoint", "ModelCheckpoint")) and state.get("current_score") is not None:
+            score = float(state["current_score"])
+    if score is None:  # the default file name carries it too
+        found = re.search(r"val_macro_f1([0-9.]+?)(?:-v\d+)?\.ckpt$", path)
+        score = float(found.group(1)) if found else None
+    return len(layers), score
+
+
+def best_by_depth(folder: str) -> dict[int, tuple[str, float]]:
+    """For each depth a layer-dropping run passed through: (its best-validation checkpoint, that score)."""
+    best: dict[int, tuple[str, float]] = {}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".ckpt") and not name.startswith("last"):
+            path = os.path.join(folder, name)
+            depth, score = checkpoint_depth_and_score(path)
+            if score is not None and (depth not in best or score > best[depth][1]):
+                best[depth] = (path, score)
+    if not best:
+        raise SystemExit(f"{folder}: no checkpoint with a val/macro_f1 score (checkpoint.save_top_k: -1 keeps them)")
+    return best
+
+
+# ------------------------------------------------------------------------------------------ loading
+def _hf_dir(source: str, scratch: str) -> str:
+    """``source`` as a Hugging Face directory (a checkpoint is restored and saved under ``scratch``)."""
+    if os.path.isdir(source):
+        return source
     from finlight.models.restore import restore_from_checkpoint
 
     model, tokenizer, _, _ = restore_from_checkpoint(source)
-    return model.eval(), tokenizer
+    model.save_pretrained(scratch)
+    tokenizer.save_pretrained(scratch)
+    return scratch
 
 
-def measure(source: str, int8: bool, texts: list[str], labels: list[int], max_length: int, batch_size: int,
-            threads: Optional[int]) -> dict:
-    """Scores, size and speed of one variant (call it in a fresh process for an honest peak RSS)."""
+def _params_on_disk(folder: str) -> Optional[int]:
+    """Parameters of the unquantized model saved in ``folder`` (safetensors headers only)."""
+    from safetensors import safe_open
+
+    files = [f for f in os.listdir(folder) if f.endswith(".safetensors")]
+    if not files:
+        return None
+    total = 0
+    for name in files:
+        with safe_open(os.path.join(folder, name), framework="pt") as handle:
+            for key in handle.keys():
+                total += math.prod(handle.get_slice(key).get_shape())
+    return total
+
+
+def load_variant(source: str, quant: Optional[str] = None, device: str = "cpu", calibration=None):
+    """(model in eval mode, tokenizer, parameters of the unquantized model) for one variant."""
+    import torch
+
+    from finlight import compression
+    from finlight.quantize import dynamic_int8
+
+    with tempfile.TemporaryDirectory() as scratch:
+        if quant in (None, "int8") and not os.path.isdir(source):
+            from finlight.models.restore import restore_from_checkpoint
+
+            model, tokenizer, _, _ = restore_from_checkpoint(source)
+        else:
+            folder = _hf_dir(source, os.path.join(scratch, "model"))
+            if quant in ("bnb4", "bnb8"):
+                model, tokenizer = compression.load_bnb(folder, bits=4 if quant == "bnb4" else 8,
+                                                        compute_dtype="float32" if device == "cpu" else "float16",
+                                                        device=torch.device(device))
+                return model, tokenizer, _params_on_disk(folder)
+            if quant == "gptq4":
+                out = compression.gptq_quantize(folder, os.path.join(scratch, "gptq"), calibration,
+                                                device=torch.device(device))
+                model, tokenizer = compression.load_quantized_dir(str(out), device=torch.device(device))
+                return model, tokenizer, _params_on_disk(folder)
+            model, tokenizer = compression.load_quantized_dir(folder, device=torch.device(device))
+            if getattr(model.config, "quantization_config", None) is not None:
+                return model.eval(), tokenizer, None  # already quantized on disk: the float count is unknown
+    params = sum(p.numel() for p in model.parameters())
+    if quant == "int8":
+        model = dynamic_int8(model)
+    else:
+        model = model.to(device)
+    return model.eval(), tokenizer, params
+
+
+# ------------------------------------------------------------------------------------------ measuring
+def measure(source: str, quant: Optional[str], texts: list[str], labels: list[int], max_length: int,
+            batch_size: int, threads: Optional[int], device: str = "cpu", calibration=None) -> dict:
+    """Scores, size and speed of one variant (call it in a fresh process for an honest peak memory)."""
     import torch
 
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _measure(source, int8, texts, labels, max_length, batch_size)
+        return _measure(source, quant, texts, labels, max_length, batch_size, device, calibration)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _measure(source, int8, texts, labels, max_length, batch_size) -> dict:
+def _measure(source, quant, texts, labels, max_length, batch_size, device, calibration) -> dict:
     import numpy as np
     import torch
     from sklearn.metrics import accuracy_score, f1_score
 
-    from finlight.quantize import dynamic_int8, saved_size_bytes
+    from finlight.quantize import saved_size_bytes
     from finlight.surgery import num_layers
 
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     after_imports = _current_rss_mb()
-    model, tokenizer = load_variant(source)
-    params = sum(p.numel() for p in model.parameters())
+    model, tokenizer, params = load_variant(source, quant, device, calibration)
     layers = num_layers(model)
-    if int8:
-        model = dynamic_int8(model)
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     batches = []
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         encoded = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=max_length,
                             return_tensors="pt")
-        batches.append((rows, encoded["input_ids"], encoded["attention_mask"]))
+        batches.append((rows, encoded["input_ids"].to(device), encoded["attention_mask"].to(device)))
     predicted = np.zeros(len(texts), dtype=np.int64)
     with torch.inference_mode():
         for _, ids, mask in batches:  # warm-up pass
             model(input_ids=ids, attention_mask=mask)
+        if cuda:
+            torch.cuda.synchronize()
         start = time.perf_counter()
-        for rows, ids, mask in batches:
-            predicted[rows] = model(input_ids=ids, attention_mask=mask).logits.argmax(-1).numpy()
+        outputs = [(rows, model(input_ids=ids, attention_mask=mask).logits.argmax(-1)) for rows, ids, mask in batches]
+        if cuda:
+            torch.cuda.synchronize()
         seconds = time.perf_counter() - start
+    for rows, argmax in outputs:
+        predicted[rows] = argmax.cpu().numpy()
     tokens = sum(int(mask.sum()) for _, _, mask in batches)
-    return {"layers": layers, "acc": float(accuracy_score(labels, predicted)),
+    return {"status": "ok", "device": device, "layers": layers, "acc": float(accuracy_score(labels, predicted)),
             "macro_f1": float(f1_score(labels, predicted, average="macro")),
             "size_mb": saved_size_bytes(model) / 2**20, "params": params,
             "samples_per_s": len(texts) / seconds, "tokens_per_s": tokens / seconds,
-            "peak_rss_mb": _rss_mb(), "rss_model_mb": _current_rss_mb() - after_imports}
+            "peak_rss_mb": _rss_mb(), "rss_model_mb": _current_rss_mb() - after_imports,
+            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None}
 
 
 def _measure_in_child(args: tuple, queue) -> None:
     try:
         queue.put(("ok", measure(*args)))
-    except Exception as err:  # noqa: BLE001 - reported to the parent, which stops with it
+    except Exception as err:  # noqa: BLE001 - reported to the parent, which records it in the table
         queue.put(("error", f"{type(err).__name__}: {err}"))
 
 
@@ -141,24 +243,55 @@ def measure_isolated(*args) -> dict:
 
 def test_split(config_path: str) -> tuple[list[str], list[int], int]:
     """Texts, label indices and max_length of the test split that ``config_path``'s data section makes."""
-    import yaml
+    from finlight.compression import split_texts
 
-    from finlight.data import ClassificationDataModule
-
-    with open(config_path, encoding="utf-8") as handle:
-        config = yaml.safe_load(handle)
-    init_args = dict(config["data"]["init_args"])
-    datamodule = ClassificationDataModule(**init_args)
-    datamodule.setup("test")
-    return ([r.text for r in datamodule.splits["test"]], list(datamodule.labels["test"]),
-            int(init_args.get("max_length", 128)))
+    return split_texts(config_path, "test")
 
 
-def write_report(rows: list[dict], out: str) -> None:
+def not_measured(variant: str, status: str) -> dict:
+    """A row for a variant that was not (or could not be) measured: listed, with the reason, never dropped."""
+    return {**{k: None for k in COLUMNS}, "variant": variant, "status": status}
+
+
+# ------------------------------------------------------------------------------------------ writing
+def _fmt(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4f}" if value < 1 else f"{value:.1f}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_fmt(r.get(k)) for k in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def pareto_figure(rows: list[dict]):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    measured = [r for r in rows if r["status"] == "ok"]
+    points = [(r["size_mb"], r["acc"]) for r in measured]
+    front = pareto_front(points)
+    figure, axes = plt.subplots(figsize=(6, 4))
+    axes.scatter([p[0] for p in points], [p[1] for p in points])
+    for row, (x, y) in zip(measured, points):
+        axes.annotate(row["variant"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    axes.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="gray", label="Pareto front")
+    axes.set_xlabel("size on disk (MB)")
+    axes.set_ylabel("test accuracy")
+    axes.legend()
+    figure.tight_layout()
+    return figure
+
+
+def write_report(rows: list[dict], out: str) -> None:
+    import matplotlib.pyplot as plt
+    from torch.utils.tensorboard import SummaryWriter
 
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as handle:
@@ -166,55 +299,81 @@ def write_report(rows: list[dict], out: str) -> None:
     with open(os.path.join(out, "report.csv"), "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
-        writer.writerows({k: r[k] for k in COLUMNS} for r in rows)
-
-    def fmt(value) -> str:
-        if isinstance(value, float):
-            return f"{value:.4f}" if value < 1 else f"{value:.1f}"
-        return str(value)
-
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
-    lines += ["| " + " | ".join(fmt(r[k]) for k in COLUMNS) + " |" for r in rows]
+        writer.writerows({k: r.get(k) for k in COLUMNS} for r in rows)
+    table = markdown_table(rows)
     with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as handle:
-        handle.write("\n".join(lines) + "\n")
-    points = [(r["size_mb"], r["acc"]) for r in rows]
-    front = pareto_front(points)
-    figure, axes = plt.subplots(figsize=(6, 4))
-    axes.scatter([p[0] for p in points], [p[1] for p in points])
-    for row, (x, y) in zip(rows, points):
-        axes.annotate(row["variant"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    axes.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="gray", label="Pareto front")
-    axes.set_xlabel("size on disk (MB)")
-    axes.set_ylabel("test accuracy")
-    axes.legend()
-    figure.tight_layout()
+        handle.write(table)
+    figure = pareto_figure(rows)
     figure.savefig(os.path.join(out, "pareto.png"), dpi=120)
+    with SummaryWriter(os.path.join(out, "tensorboard")) as writer:
+        writer.add_text("compression/report", table)
+        writer.add_figure("compression/pareto", figure)
+        for step, row in enumerate(r for r in rows if r["status"] == "ok"):
+            for key in ("acc", "macro_f1", "size_mb", "samples_per_s", "tokens_per_s", "peak_rss_mb"):
+                writer.add_scalar(f"compression/{key}", row[key], step)
     plt.close(figure)
-    print("\n".join(lines))
+    print(table)
 
 
+# ------------------------------------------------------------------------------------------ command line
 def main(argv: Optional[list[str]] = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="the YAML whose data section gives the test split")
-    parser.add_argument("--variant", action="append", required=True, help="NAME=CKPT_OR_HF_DIR (repeat)")
-    parser.add_argument("--int8", action="append", default=[], help="NAME of a variant to also run as dynamic INT8")
+    parser.add_argument("--variant", action="append", default=[], help="NAME=CKPT_OR_HF_DIR (repeat)")
+    parser.add_argument("--sapling_run", action="append", default=[],
+                        help="a layer-dropping run's checkpoint folder: one variant per depth it passed through")
+    parser.add_argument("--gpu_variant", action="append", default=[],
+                        help="NAME=CKPT_OR_HF_DIR measured only where CUDA is available")
+    for flag, quant in (("--int8", "int8"), ("--bnb4", "bnb4"), ("--bnb8", "bnb8"), ("--gptq", "gptq4")):
+        parser.add_argument(flag, dest=quant, action="append", default=[], metavar="NAME",
+                            help=f"also measure variant NAME as {quant}")
+    parser.add_argument("--calibration_examples", type=int, default=128, help="GPTQ calibration texts (train split)")
     parser.add_argument("--out", default="bench_out/compression")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
     parser.add_argument("--in_process", action="store_true",
-                        help="measure in this process (faster; peak_rss_mb is then the running peak of all variants)")
+                        help="measure in this process (faster; peak memory is then the running peak of all variants)")
     args = parser.parse_args(argv)
+    import torch
+
+    from finlight.compression import calibration_sample, split_texts
+    from finlight.errors import FinlightError
+
+    has_cuda = torch.cuda.is_available()
+    device = ("cuda" if has_cuda else "cpu") if args.device == "auto" else args.device
     variants = dict(v.split("=", 1) for v in args.variant)
-    unknown = [n for n in args.int8 if n not in variants]
-    if unknown:
-        parser.error(f"--int8 {unknown[0]}: no --variant with that name")
+    for folder in args.sapling_run:
+        depths = best_by_depth(folder)
+        top = max(depths)
+        variants.update({f"sapling_{d}of{top}": depths[d][0] for d in sorted(depths, reverse=True)})
+    gpu_only = dict(v.split("=", 1) for v in args.gpu_variant)
+    if not variants and not gpu_only:
+        parser.error("give at least one --variant, --sapling_run or --gpu_variant")
+    for quant in QUANTIZATIONS:
+        unknown = [n for n in getattr(args, quant) if n not in variants and n not in gpu_only]
+        if unknown:
+            parser.error(f"--{quant} {unknown[0]}: no variant with that name")
     texts, labels, max_length = test_split(args.config)
+    calibration = None
+    if args.gptq4:
+        calibration = calibration_sample(split_texts(args.config, "train")[0], args.calibration_examples)
+    run = measure if args.in_process else measure_isolated
     rows = []
-    for name, source in variants.items():
-        for int8 in (False, True) if name in args.int8 else (False,):
-            run = measure if args.in_process else measure_isolated
-            result = run(source, int8, texts, labels, max_length, args.batch_size, args.threads)
-            rows.append({"variant": name + ("+int8" if int8 else ""), **result})
+    for name, source in [*variants.items(), *gpu_only.items()]:
+        for quant in (None, *[q for q in QUANTIZATIONS if name in getattr(args, q)]):
+            label = name + (f"+{quant}" if quant else "")
+            if name in gpu_only and not has_cuda:
+                rows.append(not_measured(label, NEEDS_GPU))
+                continue
+            where = "cpu" if quant == "int8" else device
+            try:
+                result = run(source, quant, texts, labels, max_length, args.batch_size, args.threads, where,
+                             calibration if quant == "gptq4" else None)
+            except (RuntimeError, FinlightError, ValueError, ImportError) as err:
+                rows.append(not_measured(label, f"failed: {str(err).splitlines()[0][:200]}"))
+                continue
+            rows.append({"variant": label, **result})
     write_report(rows, args.out)
     return rows
 

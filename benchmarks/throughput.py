@@ -5,6 +5,11 @@
 finlight's batching (length-grouped training batches, longest-first evaluation batches, dynamic padding) is
 measured against the naive reference in the same run: random batches padded to ``max_length``. Targets
 (issue 2): padding efficiency ≥ 0.85 on PhraseBank, inference ≥ 3,000 samples/s on 2 cores.
+
+Inference is timed on the same longest-first, dynamically padded batches three ways: the torch model (what
+``python -m finlight test/predict`` runs), the ONNX Runtime graph that ``python -m finlight export-onnx`` writes
+(fp32, fused), and end to end through `finlight.predictor.Predictor` on that graph (texts in, tokenization
+included). The naive reference is the torch model on random batches padded to ``max_length``.
 """
 
 from __future__ import annotations
@@ -58,6 +63,37 @@ def time_inference(model, loader, repeats: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def time_onnx(session, batches, repeats: int) -> float:
+    """ORT on the same batches as numpy arrays (collation done before timing, as for the torch loaders' reuse)."""
+    feeds = [{"input_ids": b["input_ids"].numpy(), "attention_mask": b["attention_mask"].numpy()} for b in batches]
+    for feed in feeds:  # warm-up pass
+        session.run(["logits"], feed)
+    n, start = 0, time.perf_counter()
+    for _ in range(repeats):
+        for feed in feeds:
+            session.run(["logits"], feed)
+            n += len(feed["input_ids"])
+    return n / (time.perf_counter() - start)
+
+
+def time_predictor(predictor, texts, repeats: int) -> float:
+    predictor.predict_proba(texts[:64])  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        predictor.predict_proba(texts)
+    return repeats * len(texts) / (time.perf_counter() - start)
+
+
+def onnx_export_of(model, tokenizer, max_length: int, workdir: str) -> str:
+    """``export-onnx``'s artefact for this model: save it as a Hugging Face folder, export (checked vs torch)."""
+    from finlight.onnx_export import export_onnx
+
+    model.save_pretrained(f"{workdir}/hf")
+    tokenizer.save_pretrained(f"{workdir}/hf")
+    export_onnx(f"{workdir}/hf", f"{workdir}/onnx", max_length=max_length)
+    return f"{workdir}/onnx"
+
+
 def time_training(model, loader, steps: int) -> float:
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -88,9 +124,13 @@ def main() -> None:
     parser.add_argument("--train_steps", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--no_onnx", action="store_true", help="skip the ONNX Runtime figures")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     dm = ClassificationDataModule(path=args.data, max_length=args.max_length, batch_size=args.batch_size)
     dm.setup("fit")
@@ -121,6 +161,23 @@ def main() -> None:
                             generator=torch.Generator().manual_seed(0), collate_fn=FixedPadCollator(pad, args.max_length))
     infer = {"finlight_sorted_dynamic": time_inference(model, finlight_eval, args.repeats),
              "naive_fixed_padding": time_inference(model, naive_eval, 1)}
+    if not args.no_onnx:
+        import tempfile
+
+        import onnxruntime as ort
+
+        from finlight.predictor import Predictor
+
+        with tempfile.TemporaryDirectory() as workdir:
+            onnx_dir = onnx_export_of(model, tokenizer, args.max_length, workdir)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
+            session = ort.InferenceSession(f"{onnx_dir}/model.onnx", options, providers=["CPUExecutionProvider"])
+            infer["onnx_runtime_sorted_dynamic"] = time_onnx(session, list(finlight_eval), args.repeats)
+            predictor = Predictor.load(onnx_dir, "onnx", batch_size=args.batch_size, num_threads=args.threads,
+                                       max_length=args.max_length)
+            infer["predictor_onnx_end_to_end"] = time_predictor(predictor, texts, args.repeats)
+        torch.set_num_threads(args.threads)
 
     grouped_loader = DataLoader(train, batch_size=args.batch_size, sampler=LengthGroupedSampler(lengths, args.batch_size),
                                 collate_fn=PaddingCollator(pad))
@@ -138,14 +195,22 @@ def main() -> None:
           f"batch {args.batch_size}, max_length {args.max_length}, {args.threads} threads")
     print(f"padding efficiency   train length-grouped {eff['length_grouped']:.3f} | random dynamic "
           f"{eff['random_dynamic']:.3f} | fixed max_length {fixed_eff:.3f} | eval sorted {sorted_eff:.3f}")
-    print(f"inference samples/s  finlight {infer['finlight_sorted_dynamic']:,.0f} | naive {infer['naive_fixed_padding']:,.0f}"
-          f" | ratio {infer['finlight_sorted_dynamic'] / infer['naive_fixed_padding']:.2f}x")
+    naive = infer["naive_fixed_padding"]
+    print(f"inference samples/s  finlight torch {infer['finlight_sorted_dynamic']:,.0f} | naive {naive:,.0f}"
+          f" | ratio {infer['finlight_sorted_dynamic'] / naive:.2f}x")
+    if "onnx_runtime_sorted_dynamic" in infer:
+        print(f"                     export-onnx graph, ONNX Runtime {infer['onnx_runtime_sorted_dynamic']:,.0f} "
+              f"({infer['onnx_runtime_sorted_dynamic'] / naive:.2f}x) | Predictor end to end, tokenization "
+              f"included {infer['predictor_onnx_end_to_end']:,.0f} ({infer['predictor_onnx_end_to_end'] / naive:.2f}x)")
     print(f"training samples/s   finlight {training['finlight_length_grouped']:,.0f} | naive "
           f"{training['naive_fixed_padding']:,.0f} | ratio "
           f"{training['finlight_length_grouped'] / training['naive_fixed_padding']:.2f}x")
     print(f"peak RSS             {peak_rss_mb:,.0f} MB")
+    verdict = {path: "PASS" if infer[key] >= 3000 else "FAIL" for path, key in
+               (("torch", "finlight_sorted_dynamic"), ("ONNX Runtime", "onnx_runtime_sorted_dynamic"),
+                ("Predictor end to end", "predictor_onnx_end_to_end")) if key in infer}
     print(f"targets              padding ≥ 0.85: {'PASS' if eff['length_grouped'] >= 0.85 else 'FAIL'} | "
-          f"inference ≥ 3,000/s: {'PASS' if infer['finlight_sorted_dynamic'] >= 3000 else 'FAIL'}")
+          f"inference ≥ 3,000/s: " + ", ".join(f"{path} {v}" for path, v in verdict.items()))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
 

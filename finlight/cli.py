@@ -37,7 +37,6 @@ class FinlightCLI(LightningCLI):
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/macro_f1", "checkpoint.mode": "max", "checkpoint.save_last": True,
-            "checkpoint.filename": "epoch{epoch:02d}-val_macro_f1{val/macro_f1:.4f}",
             "checkpoint.auto_insert_metric_name": False,
         })
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
@@ -138,6 +137,7 @@ EXTRA_COMMANDS = {
     "report": "finlight.report:report_main",
     "seeds": "finlight.seeds:seeds_main",
     "export-onnx": "finlight.onnx_export:export_onnx_main",
+    "quantize": "finlight.compression:quantize_main",
 }
 
 

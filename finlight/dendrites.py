@@ -141,22 +141,72 @@ def pai_guard(folder: Optional[str] = None, trainer=None) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------------------------- selection
+def is_lora_layer(module: nn.Module) -> bool:
+    """A peft LoRA layer (``lora.Linear``, ``lora.Linear4bit``, ``lora.Linear8bitLt``): base + adapters as one unit."""
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:
+        return False
+    return isinstance(module, LoraLayer)
+
+
+def is_peft_model(model: nn.Module) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
 def linear_names(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n]
+    """The linear units of ``model``: each ``nn.Linear`` (bitsandbytes' 4/8-bit layers are subclasses), and a
+    peft LoRA layer as a whole (its base layer and adapter matrices are not units of their own). peft's frozen
+    copy of a ``modules_to_save`` head (``original_module``) never runs, so it is left out."""
+    names, units = [], []
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(u + ".") for u in units) or ".original_module" in f".{name}.":
+            continue
+        if is_lora_layer(module):
+            names.append(name)
+            units.append(name)
+        elif isinstance(module, nn.Linear):
+            names.append(name)
+    return names
 
 
 def is_head(name: str) -> bool:
     return any(name == w or name.startswith(w + ".") or f".{w}" in name for w in HEAD_WORDS)
 
 
+def is_8bit(module: nn.Module) -> bool:
+    try:
+        from bitsandbytes.nn import Linear8bitLt
+    except ImportError:
+        return False
+    return any(isinstance(m, Linear8bitLt) for m in module.modules())
+
+
+def trains(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
 def select_modules(model: nn.Module, options: DendriteOptions) -> list[str]:
-    """Names of the linear layers that get dendrites, per ``options.targets`` / ``include_head``."""
+    """Names of the linear units that get dendrites, per ``options.targets`` / ``include_head``.
+
+    With LoRA / 4-bit weights a unit is a LoRA layer (its dendrites are copies of it that perforatedai
+    re-initialises at random: a frozen random base, trainable adapters). A named target must train (a frozen
+    base layer would get frozen dendrites: refused); ``linear`` / ``attention`` / ``mlp`` pick only units that
+    train. 8-bit layers are refused: perforatedai
+    re-initialises a dendrite's weights with ``normal_``, which int8 tensors do not support.
+    """
     names = linear_names(model)
+    modules = dict(model.named_modules())
     targets = options.targets
     if isinstance(targets, str):
         if targets not in TARGETS:
             raise FinlightError(f"model.dendrites.targets={targets!r}: use one of {list(TARGETS)} or a list of "
                                 "module names")
+        names = [n for n in names if trains(modules[n])]
         body = [n for n in names if not is_head(n)]
         if targets == "attention":
             body = [n for n in body if any(w in n for w in ATTENTION_WORDS) and "output.dense" not in n
@@ -171,16 +221,36 @@ def select_modules(model: nn.Module, options: DendriteOptions) -> list[str]:
             raise FinlightError(f"model.dendrites.targets: {missing[0]!r} is not a linear layer of this backbone "
                                 f"(e.g. {names[:3]})")
         chosen = wanted
+        frozen = [n for n in chosen if not trains(modules[n])]
+        if frozen:
+            raise FinlightError(f"model.dendrites.targets: {frozen[0]!r} does not train (a frozen base layer under "
+                                "model.lora / model.quantization), so its dendrites would be frozen copies; add it "
+                                "to model.lora.target_modules or leave it out of the targets")
     if not chosen:
-        raise FinlightError(f"model.dendrites.targets={targets!r} selects no linear layer of this backbone")
+        raise FinlightError(f"model.dendrites.targets={targets!r} selects no linear layer that trains")
+    eight_bit = [n for n in chosen if is_8bit(modules[n])]
+    if eight_bit:
+        raise FinlightError(f"model.dendrites: {eight_bit[0]!r} holds 8-bit (LLM.int8) weights, which perforatedai "
+                            "cannot copy into a dendrite (it re-initialises them with normal_, not defined for int8); "
+                            "use model.quantization.bits: 4 (NF4) or no quantization")
     return chosen
+
+
+def adapter_state_dict(model: nn.Module, state_dict: dict, prefix: str = "") -> dict:
+    """What a LoRA / quantized dendritic checkpoint stores: everything but the frozen weights of the original
+    backbone (``<unit>.main_module.*`` that does not train), which come back from its hub id or directory.
+    The dendrites' own frozen copies of base layers are kept: they are part of the trained model."""
+    trainable = {prefix + n for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad}
+    return {k: v for k, v in state_dict.items()
+            if k.startswith(prefix) and (k in trainable or ".main_module." not in f".{k[len(prefix):]}")}
 
 
 def probe_output_ranks(model: nn.Module, batch: dict) -> dict[str, int]:
     """Rank of each linear layer's output on one batch (3 for [batch, seq, hidden], 2 for heads)."""
     ranks: dict[str, int] = {}
-    hooks = [m.register_forward_hook(lambda _m, _i, out, n=n: ranks.__setitem__(n, out.dim()))
-             for n, m in model.named_modules() if isinstance(m, nn.Linear) and n]
+    modules = dict(model.named_modules())
+    hooks = [modules[n].register_forward_hook(lambda _m, _i, out, n=n: ranks.__setitem__(n, out.dim()))
+             for n in linear_names(model)]
     was_training = model.training
     try:
         model.eval()
@@ -239,12 +309,16 @@ def perforate(model: nn.Module, options: DendriteOptions, ranks: dict[str, int],
     _, MPA, UPA = import_pai()
     chosen_set = set(chosen)
     weighted = [n for n, m in model.named_modules()
-                if n and n not in chosen_set and any(True for _ in m.parameters(recurse=False))]
+                if n and n not in chosen_set and not any(n.startswith(c + ".") for c in chosen)
+                and any(True for _ in m.parameters(recurse=False))]
     GPA.pc.set_modules_to_perforate([])
+    GPA.pc.set_module_names_to_perforate([])  # its default wraps every class named "Linear" (peft's LoRA layers too)
     GPA.pc.set_module_ids_to_perforate(["." + n for n in chosen])
     GPA.pc.set_modules_to_track([nn.Embedding, nn.LayerNorm])
     GPA.pc.set_module_ids_to_track(["." + n for n in weighted])
     GPA.pc.set_output_dimensions([-1, -1, 0])
+    if is_peft_model(model):  # perforatedai skips every module under a ``base_model`` attribute by default
+        GPA.pc.set_module_names_to_not_save([n for n in GPA.pc.get_module_names_to_not_save() if n != ".base_model"])
     with pai_guard(folder, trainer):
         model = UPA.perforate_model(model, save_name=SAVE_NAME, making_graphs=options.making_graphs,
                                     maximizing_score=True)

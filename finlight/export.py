@@ -22,6 +22,11 @@ def export_hf(ckpt_path: str, output_dir: str, trust_remote_code: bool = False, 
         raise FinlightError(f"{ckpt_path}: not a finlight checkpoint (no 'finlight' entry)")
     if os.path.isdir(output_dir) and os.listdir(output_dir):
         raise FinlightError(f"{output_dir}: exists and is not empty; choose a new --output_dir")
+    if "finlight_dendrites" in checkpoint:
+        raise FinlightError(f"{ckpt_path}: a dendritic model is not a plain Hugging Face model (its layers carry "
+                            f"perforatedai dendrites that AutoModel classes would silently drop); export it with "
+                            f"python -m finlight export-onnx --ckpt_path {ckpt_path} --output_dir DIR (full-weight "
+                            f"runs; a LoRA / 4-bit dendritic run is used through validate/test/predict)")
     if checkpoint["finlight"].get("adapter_only"):
         from finlight.export_adapter import export_adapter
 

@@ -37,7 +37,7 @@ def adapter_model_from_checkpoint(checkpoint: dict, trust_remote_code: bool = Fa
         raise FinlightError("the checkpoint has no LoRA adapters (a quantized run without model.lora trained "
                             "nothing): there is nothing to export")
     task = info.get("task", "sequence-classification")
-    if task == "causal-lm":
+    if task in ("causal-lm", "finqa-generator"):
         from finlight.models.causal_lm import load_causal_pretrained
 
         model, _ = load_causal_pretrained(info["base"], "float32", trust_remote_code)

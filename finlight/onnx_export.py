@@ -4,9 +4,10 @@
 then a check: onnxruntime's logits must match torch's within ``--atol`` on padded batches of other shapes than
 the one traced, or the export fails. ``--int8`` adds ``model.int8.onnx`` (onnxruntime dynamic quantisation of
 the MatMul/Gemm weights), reported with its logit error and argmax agreement against torch. ``--optimize``
-runs onnxruntime's transformer optimizer on BERT-family graphs first (fused LayerNorm/residual and GELU
-kernels); the optimized graph goes through the same check. The output folder
-also holds the tokenizer, ``config.json`` (label names) and ``finlight_onnx.json`` (the checks), so
+(the default for BERT-family models; ``--no_optimize`` turns it off) exports eager attention through the
+TorchScript exporter and runs onnxruntime's transformer optimizer on it: one fused Attention kernel per layer,
+fused embeddings + LayerNorm, residual + LayerNorm and bias + GELU; the fused graph goes through the same
+check. The output folder also holds the tokenizer, ``config.json`` (label names) and ``finlight_onnx.json`` (the checks), so
 `finlight.predictor.Predictor` serves it without Lightning or torch.
 
 The source is a Hugging Face directory (``python -m finlight export``) or a finlight checkpoint (``.ckpt``).
@@ -123,11 +124,27 @@ def compare_with_torch(wrapper: torch.nn.Module, onnx_path: str, tokenizer, text
 
 def export_onnx(source: str, output_dir: str, int8: bool = False, opset: int = 18, atol: float = 1e-4,
                 max_length: Optional[int] = None, check_texts: Optional[Sequence[str]] = None,
-                dynamo: bool = True, trust_remote_code: bool = False, optimize: bool = False) -> dict:
-    """Export, check, optionally quantise; returns (and writes) the manifest."""
+                dynamo: bool = True, trust_remote_code: bool = False, optimize: Optional[bool] = None) -> dict:
+    """Export, check, optionally quantise; returns (and writes) the manifest.
+
+    ``optimize=None`` (auto) runs onnxruntime's transformer optimizer where it applies (BERT-family graphs from
+    the dynamo exporter): the fused graph is the faster deployment artefact and passes the same check."""
     if os.path.isdir(output_dir) and os.listdir(output_dir):
         raise FinlightError(f"{output_dir}: exists and is not empty; choose a new --output_dir")
     model, tokenizer = load_source(source, trust_remote_code)
+    has_dendrites = any(type(m).__name__ == "PAINeuronModule" for m in model.modules())
+    if has_dendrites and dynamo:
+        # perforatedai's dendrite modules branch in Python on their own state: torch.export fails on them
+        log.info("export-onnx: the model has perforatedai dendrites; using the TorchScript exporter")
+        dynamo = False
+    if optimize is None:
+        optimize = model.config.model_type in BERT_FAMILY and not has_dendrites
+    if optimize:
+        _require_bert_family(model.config.model_type)
+        # onnxruntime's fusion patterns (one Attention kernel per layer, EmbedLayerNormalization) match the
+        # TorchScript graph of eager attention; an SDPA or torch.export graph only gets LayerNorm/GELU fusions
+        model.set_attn_implementation("eager")
+        dynamo = False
     wrapper = LogitsOnly(model).eval()  # the exporter restores the wrapper's mode recursively: it must be eval
     positions = getattr(model.config, "max_position_embeddings", 512) or 512
     max_length = min(max_length or positions, positions)
@@ -145,7 +162,7 @@ def export_onnx(source: str, output_dir: str, int8: bool = False, opset: int = 1
         torch.onnx.export(wrapper, (torch.from_numpy(example["input_ids"]), torch.from_numpy(example["attention_mask"])),
                           path, input_names=["input_ids", "attention_mask"], output_names=["logits"],
                           dynamic_axes=axes, opset_version=opset, dynamo=dynamo, **kwargs)
-    fused = _optimize_graph(path, model.config.model_type) if optimize else None
+    fused = _optimize_graph(path, model.config) if optimize else None
     check = compare_with_torch(wrapper, path, tokenizer, texts, max_length)
     if check["max_abs_diff"] > atol:
         raise FinlightError(f"{path}: ONNX logits differ from torch by {check['max_abs_diff']:.2e} > atol {atol:g}; "
@@ -157,11 +174,14 @@ def export_onnx(source: str, output_dir: str, int8: bool = False, opset: int = 1
         "check": {"fp32": {**check, "atol": atol}},
     }
     if int8:
+        import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantized = os.path.join(output_dir, "model.int8.onnx")
         with _quiet():
-            quantize_dynamic(path, quantized, weight_type=QuantType.QInt8)
+            # fused contrib operators carry no type information for the quantizer: their outputs are float
+            quantize_dynamic(path, quantized, weight_type=QuantType.QInt8,
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         manifest["files"]["int8"] = "model.int8.onnx"
         manifest["check"]["int8"] = compare_with_torch(wrapper, quantized, tokenizer, texts, max_length)
     model.config.save_pretrained(output_dir)
@@ -172,20 +192,25 @@ def export_onnx(source: str, output_dir: str, int8: bool = False, opset: int = 1
     return manifest
 
 
-def _optimize_graph(path: str, model_type: str) -> dict:
-    """onnxruntime's transformer optimizer, in place; returns the counts of fused operators."""
+def _require_bert_family(model_type: str) -> None:
     if model_type not in BERT_FAMILY:
         raise FinlightError(f"--optimize supports BERT-family encoders {BERT_FAMILY}, not {model_type!r}; export "
-                            f"without it")
+                            f"with --no_optimize")
+
+
+def _optimize_graph(path: str, config) -> dict:
+    """onnxruntime's transformer optimizer, in place; returns the counts of fused operators."""
+    _require_bert_family(config.model_type)
     from onnxruntime.transformers.optimizer import optimize_model
 
     try:
         with _quiet():
-            optimized = optimize_model(path, model_type="bert", num_heads=0, hidden_size=0)
+            optimized = optimize_model(path, model_type="bert", num_heads=config.num_attention_heads,
+                                       hidden_size=config.hidden_size)
             optimized.save_model_to_file(path)
     except Exception as err:  # the optimizer's shape inference rejects some graphs (e.g. TorchScript exports)
         raise FinlightError(f"{path}: onnxruntime's optimizer failed ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0][:120]}); export without --optimize") from None
+                            f"{str(err).splitlines()[0][:120]}); export with --no_optimize") from None
     return {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
 
 
@@ -202,8 +227,11 @@ def export_onnx_main(argv: list[str]) -> None:
     parser.add_argument("--atol", type=float, default=1e-4, help="largest accepted |onnx - torch| logit difference")
     parser.add_argument("--max_length", type=int, default=None, help="tokens per text (default: the model's limit)")
     parser.add_argument("--check_texts", default=None, help="a text file, one sentence a line, to check on")
-    parser.add_argument("--optimize", action="store_true",
-                        help="onnxruntime transformer optimizer (BERT family; fused kernels) before the check")
+    optimize = parser.add_mutually_exclusive_group()
+    optimize.add_argument("--optimize", action="store_true", default=None,
+                          help="onnxruntime transformer optimizer (fused kernels) before the check; default: on for "
+                               "BERT-family models exported with the dynamo exporter")
+    optimize.add_argument("--no_optimize", dest="optimize", action="store_false", help="keep the exported graph as is")
     parser.add_argument("--legacy_exporter", action="store_true", help="TorchScript exporter instead of dynamo")
     parser.add_argument("--trust_remote_code", action="store_true")
     args = parser.parse_args(argv)

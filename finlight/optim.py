@@ -11,12 +11,16 @@ Schedule = Literal["linear", "cosine", "constant", "step"]
 
 
 def adamw_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases and normalisation weights (the BERT recipe)."""
-    decay, no_decay = [], []
+    """No weight decay on biases and normalisation weights (the BERT recipe).
+
+    Each parameter appears once: tied weights (a decoder's input embedding and output layer) belong to two
+    modules, and listed twice AdamW would update them twice per step."""
+    decay, no_decay, seen = [], [], set()
     for module_name, module in model.named_modules():
         for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad:
+            if not param.requires_grad or id(param) in seen:
                 continue
+            seen.add(id(param))
             is_norm = isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or "norm" in type(module).__name__.lower()
             (no_decay if name == "bias" or is_norm else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

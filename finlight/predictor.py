@@ -45,6 +45,7 @@ class Predictor:
         self.backend = backend
         self.sort_by_length = sort_by_length  # False: batches in input order (for comparisons only)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.encode = token_id_encoder(tokenizer, max_length)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -85,7 +86,7 @@ class Predictor:
         texts = list(texts)
         if not texts:
             return np.zeros((0, len(self.label_names)))
-        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        ids = self.encode(texts)
         order = np.argsort([-len(x) for x in ids], kind="stable") if self.sort_by_length else np.arange(len(ids))
         probs = np.empty((len(texts), len(self.label_names)), dtype=np.float32)
         for start in range(0, len(order), self.batch_size):
@@ -104,6 +105,23 @@ class Predictor:
         probs = self.predict_proba(texts)
         return [{"label": self.label_names[int(p.argmax())], "score": float(p.max()),
                  "probs": {n: float(v) for n, v in zip(self.label_names, p)}} for p in probs]
+
+
+def token_id_encoder(tokenizer, max_length: int) -> Callable[[Sequence[str]], list[list[int]]]:
+    """``texts → token ids`` (special tokens added, truncated to ``max_length``, unpadded).
+
+    For a fast tokenizer this calls its Rust ``Tokenizer.encode_batch_fast`` on a private copy set to truncate:
+    the same ids as ``tokenizer(texts, truncation=True, max_length=...)`` (tested) without building offsets
+    and a ``BatchEncoding`` — that Python-side work was a fifth of end-to-end ONNX INT8 inference time."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a slow (Python) tokenizer
+        return lambda texts: tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    from tokenizers import Tokenizer
+
+    fast = Tokenizer.from_str(backend.to_str())
+    fast.enable_truncation(max_length, direction=getattr(tokenizer, "truncation_side", "right"))
+    fast.no_padding()
+    return lambda texts: [encoding.ids for encoding in fast.encode_batch_fast(list(texts))]
 
 
 def _torch_runner(path: str, num_threads: Optional[int], device: str):

@@ -55,9 +55,18 @@ def test_report_end_to_end(in_tmp, tiny_hf_dir, monkeypatch, request):
     (in_tmp / "run.yaml").write_text(
         "data:\n  class_path: finlight.data.ClassificationDataModule\n  init_args:\n    path: data.csv\n"
         "    label_names: [negative, neutral, positive]\n    split_ratios: [0.5, 0.25, 0.25]\n    max_length: 32\n")
-    rows = main(["--config", "run.yaml", "--variant", f"tiny={tiny_hf_dir}", "--int8", "tiny", "--out", "report",
-                 "--threads", "1", "--in_process"])  # the script's default (a fresh process per variant) is slower
-    assert [r["variant"] for r in rows] == ["tiny", "tiny+int8"]
+    rows = main(["--config", "run.yaml", "--variant", f"tiny={tiny_hf_dir}", "--int8", "tiny", "--bnb8", "tiny",
+                 "--gpu_variant", "llama_qlora=exports/none", "--out", "report", "--threads", "1", "--device", "cpu",
+                 "--in_process"])  # the script's default (a fresh process per variant) is slower
+    assert [r["variant"] for r in rows] == ["tiny", "tiny+int8", "tiny+bnb8", "llama_qlora"]
+    assert [r["status"] for r in rows[:3]] == ["ok"] * 3
+    gpu_row = rows[3]  # listed with its reason, not silently missing
+    if not torch.cuda.is_available():
+        assert gpu_row["status"] == "not run here (needs GPU)" and gpu_row["acc"] is None
+    bnb8 = rows[2]
+    assert bnb8["params"] == rows[0]["params"] and bnb8["size_mb"] < rows[0]["size_mb"]
+    assert abs(bnb8["acc"] - rows[0]["acc"]) <= 0.2
+    rows = rows[:2]
     # accuracy recomputed here from the same test split
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -72,8 +81,35 @@ def test_report_end_to_end(in_tmp, tiny_hf_dir, monkeypatch, request):
     for r in rows:
         assert r["samples_per_s"] > 0 and r["tokens_per_s"] > r["samples_per_s"] and r["peak_rss_mb"] > 50
     saved = json.loads((in_tmp / "report" / "results.json").read_text())
-    assert saved == rows
-    assert (in_tmp / "report" / "report.md").read_text().count("| tiny") == 2
+    assert saved[:2] == rows and len(saved) == 4
+    table = (in_tmp / "report" / "report.md").read_text()
+    assert table.count("| tiny") == 3 and "| llama_qlora |" in table
+    with open(in_tmp / "report" / "report.csv", encoding="utf-8") as handle:
+        assert [r["variant"] for r in csv.DictReader(handle)] == ["tiny", "tiny+int8", "tiny+bnb8", "llama_qlora"]
     assert (in_tmp / "report" / "pareto.png").stat().st_size > 5000
+    events = list((in_tmp / "report" / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 5000  # figure + table + scalars
     with pytest.raises(SystemExit):
         main(["--config", "run.yaml", "--variant", f"tiny={tiny_hf_dir}", "--int8", "nope"])
+
+
+def test_best_checkpoint_per_depth_of_a_layer_drop_run(tmp_path, monkeypatch, request):
+    monkeypatch.syspath_prepend(str(request.config.rootpath / "benchmarks"))
+    from compression_report import best_by_depth, checkpoint_depth_and_score
+
+    def save(name, layers, score):
+        state = {f"model.bert.encoder.layer.{i}.attention.self.query.weight": torch.zeros(1) for i in range(layers)}
+        state["model.classifier.weight"] = torch.zeros(1)
+        callbacks = {"RunCheckpoint{'monitor': 'val/macro_f1'}": {"current_score": torch.tensor(score)}}
+        torch.save({"state_dict": state, "callbacks": callbacks}, tmp_path / name)
+
+    save("epoch00-val_macro_f10.5000.ckpt", 3, 0.5)
+    save("epoch01-val_macro_f10.6000.ckpt", 3, 0.6)
+    save("epoch02-val_macro_f10.5500.ckpt", 2, 0.55)
+    save("epoch03-val_macro_f10.5800.ckpt", 2, 0.58)
+    save("epoch04-val_macro_f10.5700.ckpt", 1, 0.57)
+    save("last.ckpt", 1, 0.99)  # never a candidate: it is not a selection
+    assert checkpoint_depth_and_score(str(tmp_path / "epoch02-val_macro_f10.5500.ckpt")) == (2, pytest.approx(0.55))
+    best = best_by_depth(str(tmp_path))
+    assert {d: (p.split("/")[-1][:7], round(s, 2)) for d, (p, s) in best.items()} == {
+        3: ("epoch01", 0.6), 2: ("epoch03", 0.58), 1: ("epoch04", 0.57)}

@@ -179,11 +179,11 @@ def test_fit_restructures_stops_resumes_and_checkpoints_rebuild_exactly(in_tmp):
     resumed = run_cli(["fit", "--config", config, "--experiment", "crashed", "--ckpt_path", "last"])
     assert next(c for c in resumed.trainer.callbacks if isinstance(c, PAITracker)).switch_epochs == [0, 1, 2]
     assert resumed.trainer.current_epoch == 4 and dendrite_count() == 3
-    # the same switches and scores; the loss only approximately (measured 2e-3 apart): the replayed switch does not
-    # see the random-number state and perforatedai's run-folder files (best_model.pt) of the uninterrupted run
-    assert float(resumed.trainer.callback_metrics["val/macro_f1"]) == pytest.approx(scored["val/macro_f1"], abs=1e-6)
-    assert float(resumed.trainer.callback_metrics["val/acc"]) == pytest.approx(scored["val/acc"], abs=1e-6)
-    assert float(resumed.trainer.callback_metrics["val/loss"]) == pytest.approx(scored["val/loss"], abs=1e-2)
+    # the same switches and the same numbers: the replayed switch initialises its dendrites from the random-number
+    # state saved with the checkpoint (restarting the loop draws a sampler seed before it; measured 2e-3 of val
+    # loss apart before that state was saved)
+    for key, value in scored.items():
+        assert float(resumed.trainer.callback_metrics[key]) == pytest.approx(value, abs=1e-6), key
 
 
 def test_before_the_first_switch_a_dendritic_run_is_the_baseline_run(in_tmp):

@@ -60,6 +60,15 @@ def test_no_weight_decay_on_bias_and_layernorm():
     assert len(no_decay["params"]) == 4 and no_decay["weight_decay"] == 0.0
 
 
+def test_tied_weights_are_listed_once():
+    """A decoder ties its input embedding to its output layer: listed twice, AdamW would step it twice."""
+    embedding, head = torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10, bias=False)
+    head.weight = embedding.weight
+    model = torch.nn.ModuleDict({"embed": embedding, "head": head})
+    decay, no_decay = adamw_param_groups(model, 0.01)
+    assert [id(p) for p in decay["params"]] == [id(embedding.weight)] and no_decay["params"] == []
+
+
 def test_linear_warmup_schedule_and_step_lr():
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.AdamW([param], lr=1.0)

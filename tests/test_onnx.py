@@ -39,6 +39,9 @@ def test_onnx_matches_torch_on_other_batch_and_sequence_sizes(onnx_dir, tiny_hf_
     out, manifest = onnx_dir
     assert manifest["check"]["fp32"]["max_abs_diff"] < 1e-4
     assert manifest["label_names"] == ["positive", "negative", "neutral"]
+    # the default for BERT: eager attention through the TorchScript exporter, fused by onnxruntime's optimizer
+    assert manifest["exporter"] == "torchscript"
+    assert manifest["optimized"]["Attention"] == 1 and manifest["optimized"]["EmbedLayerNormalization"] == 1
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     assert [i.shape for i in session.get_inputs()] == [["batch", "sequence"], ["batch", "sequence"]]
     for texts in (TEXTS[:7], TEXTS[3:4], TEXTS):  # 7 padded, 1 unpadded, 18 padded: none is the traced shape
@@ -85,7 +88,7 @@ def _softmax(x):
     return e / e.sum(-1, keepdims=True)
 
 
-def test_export_from_finlight_checkpoint_legacy_exporter_and_ort_optimizer(tiny_hf_dir, tmp_path, capsys):
+def test_export_from_finlight_checkpoint_unfused_dynamo_graph(tiny_hf_dir, tmp_path, capsys):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from finlight.cli import main
@@ -98,11 +101,11 @@ def test_export_from_finlight_checkpoint_legacy_exporter_and_ort_optimizer(tiny_
                              "backbone": backbone_state(model, tokenizer)},
                 "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, ckpt)
     out = tmp_path / "onnx"
-    main(["export-onnx", "--ckpt_path", str(ckpt), "--output_dir", str(out), "--legacy_exporter", "--optimize"])
+    main(["export-onnx", "--ckpt_path", str(ckpt), "--output_dir", str(out), "--no_optimize"])
     assert "max |onnx − torch|" in capsys.readouterr().out
     manifest = json.loads((out / "finlight_onnx.json").read_text())
-    assert manifest["exporter"] == "torchscript" and manifest["check"]["fp32"]["max_abs_diff"] < 1e-4
-    assert manifest["optimized"].get("SkipLayerNormalization", 0) >= 1  # fused kernels, and still within atol
+    assert manifest["exporter"] == "dynamo" and manifest["check"]["fp32"]["max_abs_diff"] < 1e-4
+    assert manifest["optimized"] is None
     from finlight.predictor import Predictor
 
     np.testing.assert_allclose(Predictor.load(str(out)).predict_proba(TEXTS),
@@ -122,3 +125,22 @@ def test_mistakes_are_one_line_errors(onnx_dir, tiny_hf_dir, tmp_path):
         Predictor.load(str(tiny_hf_dir), backend="onnx-int8")
     with pytest.raises(FinlightError, match="no such checkpoint"):
         export_onnx(str(tmp_path / "missing.ckpt"), str(tmp_path / "o"))
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_predictor_token_ids_equal_the_tokenizer_call(tiny_hf_dir, side):
+    """The Rust fast path must give exactly the ids of ``tokenizer(..., truncation=True, max_length=...)``,
+    including truncation (max_length 6 truncates most sentences here) on either side."""
+    from transformers import AutoTokenizer
+
+    from finlight.predictor import token_id_encoder
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_hf_dir)
+    tokenizer.truncation_side = side
+    texts = TEXTS + ["", "   ", "Ünïcödé café — 12.5 % up"]
+    for max_length in (6, 512):
+        expected = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        got = token_id_encoder(tokenizer, max_length)(texts)
+        assert got == expected
+        assert max(map(len, got)) <= max_length
+    assert any(len(ids) == 6 for ids in token_id_encoder(tokenizer, 6)(texts))

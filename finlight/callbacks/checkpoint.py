@@ -7,13 +7,16 @@ import os
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 
-
 class RunCheckpoint(ModelCheckpoint):
     """Best and last checkpoints on ``val/macro_f1`` (the defaults come from the CLI), under
     ``<root>/<logger name>/version_<logger version>`` so each run's checkpoints match its log folder.
     ``last.ckpt`` is the newest state after every epoch (what ``--ckpt_path last`` resumes from)."""
 
     def __init__(self, root: str = "checkpoints", **kwargs):
+        monitor = kwargs.get("monitor")
+        if kwargs.get("filename") is None and monitor:  # name files after the metric that ranks them
+            kwargs["filename"] = f"epoch{{epoch:02d}}-{monitor.replace('/', '_')}{{{monitor}:.4f}}"
+            kwargs.setdefault("auto_insert_metric_name", False)
         super().__init__(**kwargs)
         self.root = root
 
@@ -23,7 +26,6 @@ class RunCheckpoint(ModelCheckpoint):
             version = version if isinstance(version, str) else f"version_{version}"
             self.dirpath = os.path.join(self.root, trainer.logger.name or "default", version)
         super().setup(trainer, pl_module, stage)
-
 
     def on_validation_end(self, trainer, pl_module) -> None:
         super().on_validation_end(trainer, pl_module)

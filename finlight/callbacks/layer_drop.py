@@ -1,4 +1,5 @@
-"""Successive layer dropping (SAPLING / TrimLLM) while fine-tuning a `SequenceClassifier`.
+"""Successive layer dropping (SAPLING / TrimLLM) while fine-tuning a `SequenceClassifier` or a
+`CausalLMClassifier` (decoders: whole layers; ablation scores the label-word class probabilities).
 
 Every ``every_n_epochs`` epochs, at the start of the next training epoch, the remaining units (layers; for
 ALBERT, repeats of the shared layer) are scored on ``calibration_examples`` examples of the calibration split
@@ -9,8 +10,8 @@ warm-up is not repeated). Dropping stops at ``target_layers`` or ``target_param_
 after a drop, the model before that drop (with the weights it had then) is restored and training stops.
 
 Dropping happens at the start of an epoch, not right after validation, so every checkpoint holds the model
-its validation score was measured on. `SequenceClassifier` checkpoints record the backbone config at save
-time, so a pruned checkpoint rebuilds the pruned architecture (``test --ckpt_path``, resume, export).
+its validation score was measured on. finlight checkpoints record the backbone config at save time, so a
+pruned checkpoint rebuilds the pruned architecture (``test --ckpt_path``, resume, export).
 
 Each drop is logged (``layer_drop/*`` scalars) and appended to ``layer_drop.json`` in the run folder.
 Single-process only: under DDP each rank's wrapper holds the old parameters (refused with a message).
@@ -223,11 +224,14 @@ class SuccessiveLayerDrop(pl.Callback):
 
 
 def first_examples(loader, count: int, device) -> list[dict]:
-    """The first ``count`` examples of ``loader`` as batches on ``device`` (the last one cut to size)."""
+    """The first ``count`` examples of ``loader`` as batches on ``device`` (the last one cut to size). Every
+    per-example tensor is kept: a causal-LM classifier scores classes from its prompt views too."""
     batches, seen = [], 0
     for batch in loader:
-        take = min(count - seen, len(batch["labels"]))
-        batches.append({k: batch[k][:take].to(device) for k in ("input_ids", "attention_mask", "labels")})
+        size = len(batch["labels"])
+        take = min(count - seen, size)
+        batches.append({k: v[:take].to(device) for k, v in batch.items()
+                        if isinstance(v, torch.Tensor) and v.dim() > 0 and len(v) == size})
         seen += take
         if seen >= count:
             break
@@ -238,8 +242,14 @@ def first_examples(loader, count: int, device) -> list[dict]:
 
 @torch.no_grad()
 def calibration_metric(pl_module, batches: list[dict], metric: str) -> float:
-    """Higher is better: minus the mean cross-entropy, accuracy or macro-F1 over the calibration batches."""
-    logits = torch.cat([pl_module(b["input_ids"], b["attention_mask"]).float() for b in batches])
+    """Higher is better: minus the mean cross-entropy, accuracy or macro-F1 over the calibration batches.
+
+    The class scores are the module's own: a sequence classifier's logits, or for a causal-LM classifier
+    (which has ``label_probs``: the label words' probabilities) their logarithm."""
+    if hasattr(pl_module, "label_probs"):
+        logits = torch.cat([pl_module.label_probs(b).float().clamp_min(1e-30).log() for b in batches])
+    else:
+        logits = torch.cat([pl_module(b["input_ids"], b["attention_mask"]).float() for b in batches])
     labels = torch.cat([b["labels"] for b in batches])
     if metric == "loss":
         return -float(torch.nn.functional.cross_entropy(logits, labels))

@@ -11,7 +11,8 @@ in ``on_validation_end`` (by default they save in ``on_train_epoch_end``, after 
 checkpoint holds exactly the model that earned its score, never the restructured one. ``callback_metrics``
 holds this epoch's validation score there (in ``on_validation_epoch_end`` it is still last epoch's). A
 checkpoint therefore precedes the tracker's step for its epoch; it records that score, and on a resume, when
-Lightning finishes that epoch (without validating again), the score is fed from the checkpoint. The sanity check never reaches the tracker.
+Lightning finishes that epoch (without validating again), the score is fed from the checkpoint, with the random
+number state saved beside it (the switch initialises dendrites from it). The sanity check never reaches the tracker.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Optional
 
 import lightning.pytorch as pl
 
+from finlight.callbacks.rng_state import RNGState
 from finlight.dendrites import dendrite_count, import_pai, pai_guard, trainable_parameters
 from finlight.errors import FinlightError
 
@@ -58,6 +60,15 @@ class PAITracker(pl.Callback):
             # With validation every epoch, ModelCheckpoint saves in on_train_epoch_end, after this callback
             # (Lightning runs monitoring callbacks last): the file would hold the restructured model under the
             # score of the one before. Saving after validation keeps model and score together.
+            # Why the private attribute: the public switch is ModelCheckpoint's constructor argument
+            # save_on_train_epoch_end, but the CLI builds its checkpoint callback before it knows the model, and a
+            # model cannot reach it: configure_callbacks may only *replace* a callback (dropping the CLI's dirpath,
+            # filename and monitor), and Lightning always moves checkpoint callbacks after this one. Setting
+            # `checkpoint.save_on_train_epoch_end: false` in a config does the same publicly, but would make a
+            # dendritic config differ from its baseline in more than the dendrites. Checked against Lightning 2.6.
+            if not hasattr(checkpoint, "_save_on_train_epoch_end"):
+                raise FinlightError(f"PAITracker: this Lightning version's {type(checkpoint).__name__} has no "
+                                    "_save_on_train_epoch_end; set checkpoint.save_on_train_epoch_end: false")
             checkpoint._save_on_train_epoch_end = False
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -72,8 +83,12 @@ class PAITracker(pl.Callback):
             score = float(trainer.callback_metrics[self.monitor])
         elif resumed and resumed.get("pending_epoch") == trainer.current_epoch:
             # resumed from a checkpoint written after this epoch's validation: Lightning finishes the epoch
-            # without validating again, so the score comes from the checkpoint
+            # without validating again, so the score comes from the checkpoint. Restarting the loop drew random
+            # numbers since the checkpoint's generators were restored (a sampler seed for the finished epoch);
+            # the switch initialises dendrites from them, so they are put back to the checkpoint's state first.
             score = resumed["pending_score"]
+            if resumed.get("pending_rng") is not None:
+                RNGState().load_state_dict(resumed["pending_rng"])
         else:
             raise FinlightError(f"PAITracker: metric {self.monitor!r} was not logged this epoch (logged: "
                                 f"{sorted(trainer.callback_metrics)[:8]}); set model.monitor")
@@ -131,7 +146,7 @@ class PAITracker(pl.Callback):
         if (trainer is not None and trainer.state.fn == "fit" and not trainer.sanity_checking
                 and self._fed_epoch != trainer.current_epoch and self.monitor in trainer.callback_metrics):
             state.update(pending_score=float(trainer.callback_metrics[self.monitor]),
-                         pending_epoch=trainer.current_epoch)
+                         pending_epoch=trainer.current_epoch, pending_rng=RNGState().state_dict())
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:

@@ -25,7 +25,29 @@ log = logging.getLogger("finlight.data")
 SPLITS = ("train", "val", "test")
 
 
-class ClassificationDataModule(pl.LightningDataModule):
+class ModelTokenizer:
+    """``datamodule.tokenizer``: the model's tokenizer (it belongs to the model and travels in its checkpoint),
+    found through the Trainer; set it explicitly to use the data module without one."""
+
+    _tokenizer = None
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is not None:
+            return self._tokenizer
+        trainer = getattr(self, "trainer", None)
+        module = trainer.lightning_module if trainer is not None else None
+        if module is None or getattr(module, "tokenizer", None) is None:
+            raise FinlightError(f"the {type(self).__name__} has no tokenizer: attach it to a Trainer with a finlight "
+                                f"model, or set datamodule.tokenizer")
+        return module.tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, value) -> None:
+        self._tokenizer = value
+
+
+class ClassificationDataModule(ModelTokenizer, pl.LightningDataModule):
     """Labelled financial text for sequence classification.
 
     Give either ``path`` (one source, split into train/val/test by ``split_ratios``, stratified, seeded and
@@ -110,21 +132,6 @@ class ClassificationDataModule(pl.LightningDataModule):
     @property
     def predict_texts(self) -> list[str]:
         return [r.text for r in self.predict_records]
-
-    @property
-    def tokenizer(self):
-        """The model's tokenizer (it belongs to the model and travels in its checkpoint)."""
-        if self._tokenizer is not None:
-            return self._tokenizer
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        if module is None or getattr(module, "tokenizer", None) is None:
-            raise FinlightError("the data module has no tokenizer: attach it to a Trainer with a finlight model, "
-                                "or set datamodule.tokenizer")
-        return module.tokenizer
-
-    @tokenizer.setter
-    def tokenizer(self, value) -> None:
-        self._tokenizer = value
 
     # ------------------------------------------------------------------ reading, cleaning, splitting
     def setup(self, stage: Optional[str] = None) -> None:

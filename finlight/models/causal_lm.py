@@ -93,6 +93,42 @@ def load_causal_pretrained(name_or_path: str, dtype: str = "float32", trust_remo
     return model, tokenizer
 
 
+def load_causal_base(name: str, lora: Optional[LoraOptions], quantization: Optional[QuantizationOptions],
+                     gradient_checkpointing: bool, dtype: str, trust_remote_code: bool, device: torch.device):
+    """A pretrained causal LM made trainable the QLoRA way (quantized at load on ``device``, then adapters);
+    shared by every module that fine-tunes a decoder."""
+    kwargs = quantized_load_kwargs(quantization, device, CAUSAL_HEADS) if quantization is not None else {}
+    model, tokenizer = load_causal_pretrained(name, dtype, trust_remote_code, **kwargs)
+    model = apply_adapters(model, lora, quantization, gradient_checkpointing, "CAUSAL_LM")
+    if quantization is not None:
+        keep_in_place(model)
+    return model, tokenizer
+
+
+@torch.no_grad()
+def greedy_generate(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                    max_new_tokens: int) -> list[str]:
+    """Greedy continuations (new tokens only, special tokens removed) of left-padded prompts."""
+    out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=False,
+                         max_new_tokens=max_new_tokens, use_cache=True,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    return tokenizer.batch_decode(out[:, prompt_ids.shape[1]:], skip_special_tokens=True)
+
+
+def causal_backbone_options(backbone, scratch, lora, quantization):
+    """Checked ``(scratch, lora, quantization)`` options of a decoder module: exactly one backbone source, and
+    adapters / quantization only over pretrained weights."""
+    if (backbone is None) == (scratch is None):
+        raise FinlightError("model: set exactly one of model.backbone (hub id or directory) or model.scratch")
+    lora, quantization = as_options(lora, LoraOptions), as_options(quantization, QuantizationOptions)
+    scratch = as_options(scratch, CausalScratchConfig)
+    validate_options(lora, quantization)
+    if scratch is not None and (lora is not None or quantization is not None):
+        raise FinlightError("model.lora / model.quantization need pretrained weights (model.backbone); a "
+                            "model.scratch decoder trains all its weights")
+    return scratch, lora, quantization
+
+
 class CausalLMClassifier(ClassificationModule):
     """Instruction-tuned classification with a causal LM (e.g. Llama-3.2-3B-Instruct + QLoRA).
 
@@ -131,14 +167,7 @@ class CausalLMClassifier(ClassificationModule):
         trust_remote_code: bool = False,
     ):
         super().__init__()
-        if (backbone is None) == (scratch is None):
-            raise FinlightError("model: set exactly one of model.backbone (hub id or directory) or model.scratch")
-        lora, quantization = as_options(lora, LoraOptions), as_options(quantization, QuantizationOptions)
-        scratch = as_options(scratch, CausalScratchConfig)
-        validate_options(lora, quantization)
-        if scratch is not None and (lora is not None or quantization is not None):
-            raise FinlightError("model.lora / model.quantization need pretrained weights (model.backbone); a "
-                                "model.scratch decoder trains all its weights")
+        scratch, lora, quantization = causal_backbone_options(backbone, scratch, lora, quantization)
         if evaluation not in ("constrained", "generate"):
             raise FinlightError(f"model.evaluation={evaluation!r}: use constrained or generate")
         if not 0.0 <= warmup_ratio < 1.0:
@@ -183,15 +212,9 @@ class CausalLMClassifier(ClassificationModule):
         return datamodule
 
     def _load_base(self, name: str):
-        kwargs = {}
-        if self.quantization is not None:
-            device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
-            kwargs = quantized_load_kwargs(self.quantization, device, CAUSAL_HEADS)
-        model, tokenizer = load_causal_pretrained(name, self.hparams.dtype, self.hparams.trust_remote_code, **kwargs)
-        model = apply_adapters(model, self.lora, self.quantization, self.hparams.gradient_checkpointing, "CAUSAL_LM")
-        if self.quantization is not None:
-            keep_in_place(model)
-        return model, tokenizer
+        device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+        return load_causal_base(name, self.lora, self.quantization, self.hparams.gradient_checkpointing,
+                                self.hparams.dtype, self.hparams.trust_remote_code, device)
 
     def _install(self, model, tokenizer, label_names, label_words, label_token_ids) -> None:
         model.train()  # from_pretrained returns eval mode; Lightning keeps each module's mode as it finds it
@@ -247,11 +270,8 @@ class CausalLMClassifier(ClassificationModule):
     @torch.no_grad()
     def generate_answers(self, batch: dict) -> list[str]:
         """Greedy answers (decoded new tokens, special tokens removed) to the left-padded prompts."""
-        prompt_ids = batch["prompt_ids"]
-        out = self.model.generate(input_ids=prompt_ids, attention_mask=batch["prompt_mask"], do_sample=False,
-                                  max_new_tokens=self.max_new_tokens, use_cache=True,
-                                  pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
-        return self.tokenizer.batch_decode(out[:, prompt_ids.shape[1]:], skip_special_tokens=True)
+        return greedy_generate(self.model, self.tokenizer, batch["prompt_ids"], batch["prompt_mask"],
+                               self.max_new_tokens)
 
     def _evaluation_step(self, batch: dict, stage: str) -> None:
         logits = self(batch["input_ids"], batch["attention_mask"])

@@ -17,8 +17,8 @@ from typing import Optional
 import torch
 
 from finlight.callbacks.pai_tracker import PAITracker
-from finlight.dendrites import (DendriteOptions, as_dendrite_options, import_pai, pai_guard, perforate, preflight,
-                                probe_output_ranks, trainable_parameters)
+from finlight.dendrites import (DendriteOptions, adapter_state_dict, as_dendrite_options, import_pai, pai_guard,
+                                perforate, preflight, probe_output_ranks, trainable_parameters)
 from finlight.errors import FinlightError
 from finlight.models.backbone import rebuild_backbone
 from finlight.models.classifier import CHECKPOINT_KEY, SequenceClassifier, check_state_dict_fits
@@ -44,9 +44,10 @@ class DendriticClassifier(SequenceClassifier):
     def __init__(self, dendrites: Optional[DendriteOptions] = None, monitor: str = "val/macro_f1", **kwargs):
         super().__init__(**kwargs)
         self.dendrites = as_dendrite_options(dendrites) or DendriteOptions()
-        if self.adapter_only:
-            raise FinlightError("model.dendrites with model.lora / model.quantization is not supported yet: "
-                                "perforatedai wraps the linear layers that LoRA and bitsandbytes replace")
+        if self.quantization is not None and self.quantization.bits == 8:
+            raise FinlightError("model.dendrites with model.quantization.bits: 8 is not possible: perforatedai "
+                                "re-initialises each dendrite's copied weights with normal_, which int8 tensors do "
+                                "not support; use bits: 4 (NF4) or no quantization")
         self.monitor = monitor
         self.hparams["dendrites"] = dataclasses.asdict(self.dendrites)
         self.hparams["monitor"] = monitor
@@ -68,10 +69,10 @@ class DendriticClassifier(SequenceClassifier):
         return self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
 
     def setup(self, stage: str) -> None:
+        if self._trainer is not None and self.trainer.world_size > 1:  # before any backbone is loaded
+            raise FinlightError(f"dendrites run on one device: perforatedai refuses DDP-wrapped models (this trainer "
+                                f"has {self.trainer.world_size} processes); set trainer.devices: 1 and num_nodes: 1")
         super().setup(stage)
-        if self._trainer is not None and self.trainer.world_size > 1:
-            raise FinlightError("dendrites run on one device: perforatedai refuses DDP-wrapped models "
-                                "(set trainer.devices: 1)")
         if stage != "fit" or self.output_ranks is not None:
             return  # validate/test/predict: on_load_checkpoint rebuilds the dendrites from the checkpoint
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -102,7 +103,10 @@ class DendriticClassifier(SequenceClassifier):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        full = dict(checkpoint["state_dict"])
         super().on_save_checkpoint(checkpoint)
+        if self.adapter_only:  # LoRA / 4-bit: the adapters, the head and the whole dendrites, not the frozen base
+            checkpoint["state_dict"] = adapter_state_dict(self, full)
         checkpoint[DENDRITE_KEY] = {"output_ranks": dict(self.output_ranks or {}),
                                     "options": dataclasses.asdict(self.dendrites)}
 
@@ -118,7 +122,19 @@ class DendriticClassifier(SequenceClassifier):
         if options != self.dendrites:
             log.warning("dendrites: using the checkpoint's dendrite options %s, not the config's", options)
             self.dendrites = options
-        model, tokenizer = rebuild_backbone(base["backbone"], self.hparams.trust_remote_code)
+        adapter_only = bool(base.get("adapter_only"))
+        if adapter_only:
+            if base["base"] != self.backbone_name:
+                raise FinlightError(f"the checkpoint's adapters were trained on {base['base']!r}, but "
+                                    f"model.backbone is {self.backbone_name!r}")
+            # the frozen base is not in the file: the one setup() loaded for validate/test/predict, or (resuming a
+            # fit, whose setup already perforated it) a fresh load, with LoRA + quantization as configured
+            if self.model is not None and self.output_ranks is None:
+                model, tokenizer = self.model, self.tokenizer
+            else:
+                model, tokenizer = self._load_pretrained(base["base"], base["label_names"])
+        else:
+            model, tokenizer = rebuild_backbone(base["backbone"], self.hparams.trust_remote_code)
         self._install(model, tokenizer, base["label_names"])
         self.output_ranks = dict(info["output_ranks"])
         self.model = perforate(self.model, self.dendrites, self.output_ranks, self.pai_folder, self._pai_device(),
@@ -126,10 +142,40 @@ class DendriticClassifier(SequenceClassifier):
         _, _, UPA = import_pai()
         prefix = "model."
         weights = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+        if adapter_only:
+            weights = {**self.model.state_dict(), **weights}  # base weights from the fresh load, the rest saved
         with pai_guard(self.pai_folder, self._trainer):  # adds the checkpoint's dendrite sets, then loads every weight
             self.model = UPA.load_net_from_dict(self.model, weights)
-        check_state_dict_fits(self.state_dict(), checkpoint["state_dict"])
+        if adapter_only:
+            check_state_dict_fits(adapter_state_dict(self, self.state_dict()), checkpoint["state_dict"])
+            self.strict_loading = False  # the frozen base is not in the checkpoint (the rest checked exactly above)
+        else:
+            check_state_dict_fits(self.state_dict(), checkpoint["state_dict"])
 
     def export_hf(self, directory: str) -> None:
-        raise FinlightError("a dendritic model is not a plain Hugging Face model: export it with its checkpoint "
-                            "(validate/test/predict load it), not as a Hugging Face directory")
+        raise FinlightError("a dendritic model is not a plain Hugging Face model: use its checkpoint "
+                            "(validate/test/predict rebuild it) or python -m finlight export-onnx --ckpt_path CKPT")
+
+
+def restore_dendritic(path: str, checkpoint: dict, trust_remote_code: bool = False):
+    """(Hugging Face model with its dendrites and trained weights, tokenizer) from a full-weight dendritic
+    checkpoint, without Lightning: for `finlight.models.restore` (``export-onnx``, `Predictor`). perforatedai's
+    scratch files go to a temporary folder. Adapter-only (LoRA / 4-bit) checkpoints need their hub base and
+    peft: refused with a pointer to ``validate``/``test``/``predict``, which rebuild them."""
+    info, base = checkpoint[DENDRITE_KEY], checkpoint[CHECKPOINT_KEY]
+    if base.get("adapter_only"):
+        raise FinlightError(f"{path}: a LoRA / quantized dendritic checkpoint holds only adapters and dendrites over "
+                            f"its base {base.get('base')!r}; use it with validate/test/predict (which rebuild it)")
+    _, _, UPA = import_pai()
+    model, tokenizer = rebuild_backbone(base["backbone"], trust_remote_code)
+    weights = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    with tempfile.TemporaryDirectory(prefix="finlight_pai_") as folder:
+        model = perforate(model, as_dendrite_options(info["options"]), dict(info["output_ranks"]), folder,
+                          torch.device("cpu"))
+        with pai_guard(folder):
+            model = UPA.load_net_from_dict(model, weights)
+    try:
+        check_state_dict_fits(model.state_dict(), weights)
+    except FinlightError as err:
+        raise FinlightError(f"{path}: {err}") from None
+    return model.eval(), tokenizer

@@ -20,10 +20,16 @@ def restore_from_checkpoint(path: str, trust_remote_code: bool = False, checkpoi
     info = checkpoint.get(CHECKPOINT_KEY)
     if info is None:
         raise FinlightError(f"{path}: not a finlight checkpoint (no 'finlight' entry)")
+    if "finlight_dendrites" in checkpoint:  # perforatedai modules in the backbone: rebuilt with their dendrites
+        from finlight.models.dendritic import restore_dendritic
+
+        model, tokenizer = restore_dendritic(path, checkpoint, trust_remote_code)
+        return model, tokenizer, list(info["label_names"]), checkpoint
     if info.get("adapter_only"):
         raise FinlightError(f"{path}: holds only LoRA/quantized trainable weights; export it first "
                             f"(python -m finlight export --ckpt_path {path} --output_dir DIR [--merged])")
-    model, tokenizer = rebuild_backbone(info["backbone"], trust_remote_code, causal_lm=info.get("task") == "causal-lm")
+    causal_lm = info.get("task") in ("causal-lm", "finqa-generator")
+    model, tokenizer = rebuild_backbone(info["backbone"], trust_remote_code, causal_lm=causal_lm)
     weights = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     try:
         check_state_dict_fits(model.state_dict(), weights)
