@@ -74,6 +74,14 @@ class FinlightCLI(LightningCLI):
         if self._resume_version is not None and getattr(self.trainer.logger, "_version", 0) is None:
             self.trainer.logger._version = self._resume_version
 
+    def _weights_from_checkpoint(self) -> None:
+        """Evaluating a checkpoint: a model that can rebuild itself from it skips building the configured
+        backbone first (Lightning calls ``setup`` before it reads the checkpoint)."""
+        if self.config[self.subcommand].get("ckpt_path") and hasattr(self.model, "weights_from_checkpoint"):
+            self.model.weights_from_checkpoint = True
+
+    before_validate = before_test = before_predict = _weights_from_checkpoint
+
 
 def _is_tensorboard(logger) -> bool:
     return logger is not None and not isinstance(logger, bool) and str(logger.class_path).endswith("TensorBoardLogger")

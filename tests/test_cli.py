@@ -180,3 +180,17 @@ def test_resume_from_last_continues_the_run_and_matches_an_uninterrupted_one(in_
     assert not (in_tmp / "logs" / "crashed" / "version_1").exists()
     for key in ("val/loss", "val/macro_f1", "val/acc"):
         assert float(resumed.trainer.callback_metrics[key]) == pytest.approx(float(uninterrupted[key]), abs=1e-6), key
+
+
+def test_a_checkpoint_is_evaluated_without_building_the_configured_backbone(in_tmp):
+    """The checkpoint carries backbone config, tokenizer and weights: `test --ckpt_path` with a config that names
+    an unreachable hub id (offline) must not try to load it, and scores exactly what the original config scores."""
+    config = tiny_config(in_tmp)
+    best = run_cli(["fit", "--config", config]).trainer.checkpoint_callback.best_model_path
+    reference = run_cli(["test", "--config", config, "--ckpt_path", best]).trainer.callback_metrics
+    hub_config = tiny_config(in_tmp, "hub", model={"backbone": "finlight-tests/unreachable-model"})
+    with pytest.raises(Exception, match="unreachable-model"):  # without a checkpoint it needs the hub
+        run_cli(["test", "--config", hub_config])
+    tested = run_cli(["test", "--config", hub_config, "--ckpt_path", best]).trainer.callback_metrics
+    for key in ("test/loss", "test/acc", "test/macro_f1"):
+        assert float(tested[key]) == pytest.approx(float(reference[key]), abs=1e-6), key

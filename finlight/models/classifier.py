@@ -86,6 +86,7 @@ class SequenceClassifier(ClassificationModule):
         self.tokenizer = None
         self.label_names: Optional[list[str]] = list(label_names) if label_names else None
         self.confusion: dict[str, torch.Tensor] = {}
+        self.weights_from_checkpoint = False  # set by the CLI when validate/test/predict get a --ckpt_path
 
     # ------------------------------------------------------------------ building
     def setup(self, stage: str) -> None:
@@ -95,15 +96,26 @@ class SequenceClassifier(ClassificationModule):
         label_names = self.label_names or getattr(datamodule, "label_names", None)
         if not label_names:
             raise FinlightError("model: no label names; use a finlight data module or set model.label_names")
-        if self.scratch is not None:
-            model, tokenizer = build_from_scratch(self.scratch, label_names, getattr(datamodule, "train_texts", []))
+        if self._backbone_comes_from_checkpoint(stage):
+            self.label_names = list(label_names)  # on_load_checkpoint rebuilds the backbone and checks these
         else:
-            model, tokenizer = self._load_pretrained(self.backbone_name, label_names)
-        self._install(model, tokenizer, label_names)
+            if self.scratch is not None:
+                model, tokenizer = build_from_scratch(self.scratch, label_names, getattr(datamodule, "train_texts", []))
+            else:
+                model, tokenizer = self._load_pretrained(self.backbone_name, label_names)
+            self._install(model, tokenizer, label_names)
+        if not hasattr(self, "class_weights"):
+            self.register_buffer("class_weights", None, persistent=False)
         weights = getattr(datamodule, "class_weights", None)
         if weights and self.hparams.use_class_weights:
             self.class_weights = torch.tensor(weights, dtype=torch.float32, device=self.device)
             log.info("class weights: %s", dict(zip(label_names, [round(w, 4) for w in weights])))
+
+    def _backbone_comes_from_checkpoint(self, stage: str) -> bool:
+        """validate / test / predict of a full checkpoint: it carries the backbone's config, tokenizer and
+        weights, so nothing is built (or downloaded: a hub-id config evaluates offline) only to be replaced.
+        Adapter-only checkpoints need their frozen base, and a resumed fit builds as usual."""
+        return self.weights_from_checkpoint and stage in ("validate", "test", "predict") and not self.adapter_only
 
     @property
     def adapter_only(self) -> bool:

@@ -119,6 +119,9 @@ class DistillationStudent(SequenceClassifier):
         if self.hparams.teacher and self.teacher is None:
             self._attach_teacher()
 
+    def _backbone_comes_from_checkpoint(self, stage: str) -> bool:
+        return False  # setup attaches the teacher, which is matched against the student model (tokenizer, PKD)
+
     def _init_from_checkpoint(self, source: str) -> None:
         from finlight.models.restore import restore_from_checkpoint
 
