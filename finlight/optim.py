@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from torch import nn
+
+from finlight.errors import FinlightError
 
 Schedule = Literal["linear", "cosine", "constant", "step"]
 
@@ -38,3 +40,16 @@ def build_scheduler(optimizer: torch.optim.Optimizer, schedule: Schedule, total_
     warmup = int(round(warmup_ratio * total_steps))
     scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
     return {"scheduler": scheduler, "interval": "step"}
+
+
+def adamw_with_schedule(model: nn.Module, hparams, total_steps: Callable[[], int]) -> dict:
+    """The Lightning optimizer config of finlight's modules: AdamW over the trainable weights (``adamw_param_groups``)
+    with the schedule named in ``hparams`` (``learning_rate``, ``weight_decay``, ``scheduler``, ``warmup_ratio``,
+    optional ``step_size`` / ``gamma``). ``total_steps`` is asked for only once there is something to train."""
+    groups = adamw_param_groups(model, hparams.weight_decay)
+    if not any(g["params"] for g in groups):
+        raise FinlightError("nothing to train: every weight is frozen (a quantized backbone needs model.lora)")
+    optimizer = torch.optim.AdamW(groups, lr=hparams.learning_rate)
+    scheduler = build_scheduler(optimizer, hparams.scheduler, total_steps(), hparams.warmup_ratio,
+                                hparams.get("step_size", 1), hparams.get("gamma", 0.1))
+    return {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -6,9 +6,8 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 
-from finlight.errors import FinlightError
 from finlight.metrics import flatten_metrics
-from finlight.optim import adamw_param_groups, build_scheduler
+from finlight.optim import adamw_with_schedule
 
 
 class ClassificationModule(pl.LightningModule):
@@ -45,12 +44,4 @@ class ClassificationModule(pl.LightningModule):
         self._log_epoch_metrics("test")
 
     def configure_optimizers(self):
-        hp = self.hparams
-        groups = adamw_param_groups(self.model, hp.weight_decay)
-        if not any(g["params"] for g in groups):
-            raise FinlightError("nothing to train: every weight is frozen (a quantized backbone needs model.lora)")
-        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate)
-        total = int(self.trainer.estimated_stepping_batches)
-        scheduler = build_scheduler(optimizer, hp.scheduler, total, hp.warmup_ratio, hp.get("step_size", 1),
-                                    hp.get("gamma", 0.1))
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        return adamw_with_schedule(self.model, self.hparams, lambda: int(self.trainer.estimated_stepping_batches))

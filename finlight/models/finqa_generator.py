@@ -32,7 +32,7 @@ from finlight.models.adapters import (LoraOptions, QuantizationOptions, check_ad
 from finlight.models.backbone import backbone_state, rebuild_backbone
 from finlight.models.causal_lm import (CausalScratchConfig, DType, build_causal_from_scratch,
                                        causal_backbone_options, greedy_generate, load_causal_base)
-from finlight.optim import Schedule, adamw_param_groups, build_scheduler
+from finlight.optim import Schedule, adamw_with_schedule
 from finlight.run_dir import run_dir
 
 log = logging.getLogger("finlight.models")
@@ -223,14 +223,7 @@ class FinQAGenerator(pl.LightningModule):
         return {"index": batch["index"], "rows": rows}
 
     def configure_optimizers(self):
-        hp = self.hparams
-        groups = adamw_param_groups(self.model, hp.weight_decay)
-        if not any(g["params"] for g in groups):
-            raise FinlightError("nothing to train: every weight is frozen (a quantized backbone needs model.lora)")
-        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate)
-        scheduler = build_scheduler(optimizer, hp.scheduler, int(self.trainer.estimated_stepping_batches),
-                                    hp.warmup_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        return adamw_with_schedule(self.model, self.hparams, lambda: int(self.trainer.estimated_stepping_batches))
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
