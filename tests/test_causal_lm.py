@@ -16,29 +16,17 @@ from finlight.export import export_hf
 from finlight.models.adapters import is_checkpointing
 from finlight.models.causal_lm import CausalLMClassifier
 
+import conftest
 from conftest import PHRASEBANK_ALL, SENTENCES, labelled_rows
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = ["Negative", "Neutral", "Positive"]
-CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
-                 "{% if add_generation_prompt %}<assistant>{% endif %}")
 
 
 def byte_bpe_tokenizer(chat: bool = True):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<pad>", "<s>", "</s>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    core.train_from_iterator([t for ts in SENTENCES.values() for t in ts] * 2, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    tokenizer.add_tokens(WORDS)  # one token per label word, whatever merges the BPE trainer picked
-    if chat:
-        tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
+    return conftest.byte_bpe_tokenizer([t for ts in SENTENCES.values() for t in ts] * 2, 320,
+                                       extra_tokens=tuple(WORDS),  # one token per label word, whatever the merges
+                                       chat=chat)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -46,19 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def tiny_llama_dir(tmp_path_factory) -> Path:
-    """Hidden 64, FFN 128, 2 KV heads × 16: every linear width is a multiple of 32 (bitsandbytes' CPU 4-bit)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    path = tmp_path_factory.mktemp("tiny_llama")
-    tokenizer = byte_bpe_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id)
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return conftest.save_tiny_llama(tmp_path_factory.mktemp("tiny_llama"), byte_bpe_tokenizer())
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import yaml
 from finlight.cli import run_cli
 from finlight.errors import FinlightError
 
+from conftest import save_tiny_llama
 from test_finqa_prompts_metrics import SENTENCES, bpe_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,19 +46,7 @@ def write_data(folder: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def tiny_llama_dir(tmp_path_factory) -> Path:
-    """Hidden 64, FFN 128, 2 KV heads × 16: every linear width is a multiple of 32 (bitsandbytes' CPU 4-bit)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    path = tmp_path_factory.mktemp("finqa_llama")
-    tokenizer = bpe_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id)
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_llama(tmp_path_factory.mktemp("finqa_llama"), bpe_tokenizer(), max_position_embeddings=512)
 
 
 def swapped_config(folder: Path, config: str, overrides: dict) -> str:

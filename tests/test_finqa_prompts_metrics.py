@@ -12,27 +12,15 @@ from finlight.finqa.prompts import (FinQAPromptBuilder, context_units, fit_to_bu
                                     target_text)
 from finlight.finqa.records import FinQARecord
 
-CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
-                 "{% if add_generation_prompt %}<assistant>{% endif %}")
+from conftest import byte_bpe_tokenizer
+
 SENTENCES = ["net revenue rose to $ 5829 million in 2015 .", "the company repurchased 2 million shares .",
              "interest expense decreased by 12 % year over year .", "see note 14 to the financial statements ."]
 
 
 def bpe_tokenizer(chat: bool = True):
-    """A byte-level BPE (offsets work as in Llama's tokenizer), trained here on the sentences above."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<s>", "</s>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    core.train_from_iterator(SENTENCES * 3 + ["subtract(5829, 5735), divide(#0, 5735)"] * 3, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    if chat:
-        tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
+    """A byte-level BPE trained here on the sentences above and a FinQA program."""
+    return byte_bpe_tokenizer(SENTENCES * 3 + ["subtract(5829, 5735), divide(#0, 5735)"] * 3, 400, chat=chat)
 
 
 def record(pre=None, post=(), gold_inds=None, question="what was the change in net revenue from 2014 to 2015?",

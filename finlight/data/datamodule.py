@@ -47,7 +47,23 @@ class ModelTokenizer:
         self._tokenizer = value
 
 
-class ClassificationDataModule(ModelTokenizer, pl.LightningDataModule):
+class LoaderPerSplit:
+    """Lightning's four dataloader hooks, each ``self._loader(split)``."""
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict")
+
+
+class ClassificationDataModule(ModelTokenizer, LoaderPerSplit, pl.LightningDataModule):
     """Labelled financial text for sequence classification.
 
     Give either ``path`` (one source, split into train/val/test by ``split_ratios``, stratified, seeded and
@@ -341,14 +357,3 @@ class ClassificationDataModule(ModelTokenizer, pl.LightningDataModule):
             persistent_workers=self.hp.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict")

@@ -17,7 +17,7 @@ from typing import Literal, Optional
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
-from finlight.data.datamodule import ModelTokenizer
+from finlight.data.datamodule import LoaderPerSplit, ModelTokenizer
 from finlight.data.instruction import InstructionCollator, InstructionDataset
 from finlight.data.tokenization import LengthGroupedSampler, SortedSampler
 from finlight.errors import FinlightError
@@ -33,7 +33,7 @@ PROGRAM_WORDS = ["add", "subtract", "multiply", "divide", "exp", "greater", "tab
                  "table_sum", "table_average", "none", "const_", "yes", "no"]
 
 
-class FinQADataModule(ModelTokenizer, pl.LightningDataModule):
+class FinQADataModule(ModelTokenizer, LoaderPerSplit, pl.LightningDataModule):
     """FinQA question answering for `FinQAGenerator`.
 
     Args:
@@ -191,17 +191,6 @@ class FinQADataModule(ModelTokenizer, pl.LightningDataModule):
                           sampler=sampler, collate_fn=InstructionCollator(self.tokenizer.pad_token_id),
                           num_workers=self.hp.num_workers, persistent_workers=self.hp.num_workers > 0)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict")
 
     def _write_report(self) -> None:
         trainer = self.trainer
