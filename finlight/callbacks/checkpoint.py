@@ -9,7 +9,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 class RunCheckpoint(ModelCheckpoint):
     """Best and last checkpoints on ``val/macro_f1`` (the defaults come from the CLI), under
-    ``<root>/<logger name>/version_<logger version>`` so each run's checkpoints match its log folder.
+    ``<root>/<logger name>/version_<logger version>`` so each run's checkpoints match its log folder; without a
+    ``filename`` each file is named after the monitored metric (``epoch03-val_exec_acc0.5000.ckpt``).
     ``last.ckpt`` is the newest state after every epoch (what ``--ckpt_path last`` resumes from)."""
 
     def __init__(self, root: str = "checkpoints", **kwargs):
