@@ -73,6 +73,9 @@ def select_checkpoint(folder: str, target_layers: int) -> tuple[str, int, float]
 
     by_depth = best_by_depth(folder)
     depth = target_layers if target_layers in by_depth else min(by_depth)
+    if depth != target_layers:  # a drop was undone, or the epochs ran out: say so, the row is not a target-depth one
+        print(f"sapling_seeds: {folder} never reached {target_layers} layers; testing its shallowest depth, {depth} "
+              f"(its 'layers' column says so)", file=sys.stderr)
     return by_depth[depth][0], depth, by_depth[depth][1]
 
 

@@ -75,6 +75,8 @@ def load_source(source: str, trust_remote_code: bool = False):
     if os.path.isdir(source):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        import finlight.surgery  # noqa: F401  (builds recorded attention / MLP removals)
+
         if not os.path.isfile(os.path.join(source, "config.json")):
             raise FinlightError(f"{source}: no config.json; give a Hugging Face model directory "
                                 f"(python -m finlight export) or a .ckpt file")
@@ -211,7 +213,13 @@ def _optimize_graph(path: str, config) -> dict:
     except Exception as err:  # the optimizer's shape inference rejects some graphs (e.g. TorchScript exports)
         raise FinlightError(f"{path}: onnxruntime's optimizer failed ({type(err).__name__}: "
                             f"{str(err).splitlines()[0][:120]}); export with --no_optimize") from None
-    return {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+    fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+    if not fused.get("Attention"):  # still correct, only slower: seen with onnxruntime 1.30 (fused from 1.32 on)
+        import onnxruntime
+
+        log.warning("%s: onnxruntime %s fused no Attention (fused: %s); the graph is correct but runs unfused "
+                    "attention — onnxruntime >= 1.32 fuses it", path, onnxruntime.__version__, fused or "nothing")
+    return fused
 
 
 def export_onnx_main(argv: list[str]) -> None:

@@ -128,6 +128,8 @@ def _torch_runner(path: str, num_threads: Optional[int], device: str):
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    import finlight.surgery  # noqa: F401  (builds recorded attention / MLP removals)
+
     if num_threads:
         torch.set_num_threads(num_threads)
     model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).to(device).eval()

@@ -3,9 +3,10 @@
 Reads every tested run (a folder with ``test_metrics.json``) under the given paths and writes to
 ``--output_dir``:
 
-* ``runs.md`` / ``runs.csv``: one row per run — seed, test metrics, best validation macro-F1, parameters, size,
-  latency (from ``latency.json`` when the run has one) and the paired tests against the baseline run of the same
-  seed;
+* ``runs.md`` / ``runs.csv``: one row per run — seed, which checkpoint was tested (``selected``: ``seeds --select``
+  records it, e.g. ``final_depth (2 layers)``; "—" for runs tested without it), test metrics, best validation
+  macro-F1, parameters, size, latency (from ``latency.json`` when the run has one) and the paired tests against the
+  baseline run of the same seed;
 * ``groups.md`` / ``groups.csv``: runs grouped by experiment, mean ± std (sample std, ddof=1) over seeds;
 * ``paired.md`` / ``paired.csv``: for each run and its baseline evaluated on the same test set, McNemar's test
   on per-example correctness and a paired bootstrap of the macro-F1 difference (95 % CI, p-value);
@@ -31,6 +32,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from finlight.checkpoint_selection import describe_selection
 from finlight.errors import FinlightError
 
 log = logging.getLogger("finlight.report")
@@ -134,6 +136,7 @@ class Run:
     config: dict = field(default_factory=dict)
     latency: Optional[dict] = None
     checkpoint: Optional[str] = None
+    selected: Optional[dict] = None  # which checkpoint was tested and why (``seeds --select``); older runs: None
 
     @property
     def predictions_path(self) -> Optional[str]:
@@ -193,7 +196,7 @@ def read_run(folder: str) -> Run:
     seed = config.get("seed_everything")
     return Run(path=str(run_dir), fit_path=str(fit_dir), group=fit_dir.parent.name, seed=seed if isinstance(seed, int) else None,
                label_names=list(report.get("label_names") or []), metrics=metrics, config=config, latency=latency,
-               checkpoint=report.get("checkpoint"))
+               checkpoint=report.get("checkpoint"), selected=report.get("selected"))
 
 
 def discover_runs(paths: Sequence[str]) -> list[Run]:
@@ -320,11 +323,18 @@ def run_rows(runs: Sequence[Run], metrics: Sequence[str], curves: dict[str, dict
     for r in runs:
         val = [v for _, v in curves.get(r.path, {}).get("val/macro_f1", [])]
         pair = by_run.get(r.path, {})
-        rows.append({"group": r.group, "run": r.path, "seed": r.seed,
-                     **{m: r.metrics.get(m) for m in metrics},
+        rows.append({"group": r.group, "run": r.path, "seed": r.seed, "selected": describe_selection(r.selected),
+                     "selected_by": _selected_by(r.selected), **{m: r.metrics.get(m) for m in metrics},
                      "best_val_macro_f1": max(val) if val else None, **_latency_columns(r),
                      "mcnemar_p": pair.get("mcnemar_p"), "bootstrap_p": pair.get("bootstrap_p")})
     return rows
+
+
+def _selected_by(selected: Optional[dict]) -> Optional[str]:
+    """The validation value that chose the tested checkpoint (``val/macro_f1 0.8123``), when recorded."""
+    if not selected or selected.get("value") is None:
+        return None
+    return f"{selected.get('monitor')} {float(selected['value']):.4f}"
 
 
 def group_rows(rows: Sequence[dict], metrics: Sequence[str]) -> list[dict]:
@@ -333,7 +343,8 @@ def group_rows(rows: Sequence[dict], metrics: Sequence[str]) -> list[dict]:
     out = []
     for group in dict.fromkeys(r["group"] for r in rows):
         members = [r for r in rows if r["group"] == group]
-        row = {"group": group, "runs": len(members), "seeds": " ".join(str(r["seed"]) for r in members)}
+        row = {"group": group, "runs": len(members), "seeds": " ".join(str(r["seed"]) for r in members),
+               "selected": " / ".join(sorted({r["selected"] for r in members if r.get("selected")})) or None}
         for c in columns:
             mean, std = mean_std([r[c] for r in members if r.get(c) is not None])
             row[f"{c}_mean"], row[f"{c}_std"] = mean, std
@@ -405,6 +416,10 @@ def build_report(paths: Sequence[str], output_dir: str, baseline: Optional[str] 
         if diffs:
             notes.append(f"group {group!r} mixes configurations (differing keys: {', '.join(diffs[:8])}"
                          f"{' …' if len(diffs) > 8 else ''}): its mean ± std is not over seeds alone")
+        selections = {describe_selection(r.selected) or "not recorded" for r in runs if r.group == group}
+        if len(selections) > 1:
+            notes.append(f"group {group!r} mixes checkpoint selections ({', '.join(sorted(selections))}): its runs "
+                         f"test different kinds of checkpoint")
     pairs, pair_notes = paired_tests(runs, baseline, resamples, seed) if len(groups) > 1 else ([], [])
     notes += pair_notes
     curves = {}
@@ -438,7 +453,7 @@ def _markdown(rows, grouped, pairs, notes, metrics, baseline) -> str:
     group_view = []
     for g in grouped:
         view = {"group": g["group"] + (" (baseline)" if g["group"] == baseline else ""), "runs": g["runs"],
-                "seeds": g["seeds"]}
+                "seeds": g["seeds"], "selected": g["selected"]}
         for m, s in zip(list(metrics) + ["best_val_macro_f1", "latency_ms_bs1"], short + ["best val macro_f1", "ms @bs1"]):
             mean, std = g[f"{m}_mean"], g[f"{m}_std"]
             view[s] = "—" if math.isnan(mean) else f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else "")
@@ -449,7 +464,7 @@ def _markdown(rows, grouped, pairs, notes, metrics, baseline) -> str:
     out = ["# finlight report", "",
            f"Baseline: **{baseline}**. Mean ± sample std (ddof=1) over the runs of each group.", "",
            "## Groups", "", markdown_table(group_view, list(group_view[0])),
-           "## Runs", "", markdown_table(run_view, ["group", "run", "seed"] + short + [
+           "## Runs", "", markdown_table(run_view, ["group", "run", "seed", "selected", "selected_by"] + short + [
                "best_val_macro_f1", "parameters", "disk_size_mb", "latency_ms_bs1", "samples_per_s",
                "mcnemar_p", "bootstrap_p"])]
     if pairs:

@@ -207,8 +207,9 @@ def lora_fit(in_tmp: Path, llama_dir: Path, name: str, **model_args):
                                label_names=["negative", "neutral", "positive"], label_words=WORDS,
                                split_ratios=(0.5, 0.25, 0.25), batch_size=6)
     module = CausalLMClassifier(backbone=str(llama_dir), learning_rate=5e-3, **model_args)
-    trainer = pl.Trainer(max_steps=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0, limit_val_batches=1, default_root_dir=str(in_tmp / name),
+    trainer = pl.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1,
+                         default_root_dir=str(in_tmp / name),
                          callbacks=[pl.callbacks.ModelCheckpoint(dirpath=str(in_tmp / name), save_last=True)])
     trainer.fit(module, datamodule=dm)
     return module, dm, trainer, str(in_tmp / name / "last.ckpt")

@@ -100,7 +100,7 @@ class ProbeMetric(pl.Callback):
 def test_validation_collapse_restores_the_model_before_the_drop(in_tmp):
     config = drop_config(in_tmp, "collapse", epochs=4, tolerance=0.5, method="block_influence", monitor="val/probe",
                          extra_callbacks=[{"class_path": "test_layer_drop.ProbeMetric"}])
-    fit = run_cli(["fit", "--config", config])
+    fit = run_cli(["fit", "--config", config, "--checkpoint.save_top_k", "-1"])
     module, trainer = fit.model, fit.trainer
     assert trainer.current_epoch == 2  # stopped after epoch 1's validation, not at max_epochs
     assert module.model.config.num_hidden_layers == 3  # the model before the drop
@@ -111,6 +111,13 @@ def test_validation_collapse_restores_the_model_before_the_drop(in_tmp):
     probe = next(c for c in trainer.callbacks if isinstance(c, ProbeMetric))
     again = pl.Trainer(logger=False, enable_progress_bar=False).validate(module, datamodule=fit.datamodule)[0]
     assert again["val/macro_f1"] == pytest.approx(probe.first_macro_f1, abs=1e-6)
+    # the checkpoint written after the revert holds the restored 3-layer model, filed under that model's own
+    # val/macro_f1 (not the pruned model's) — and the snapshot waited in CPU memory
+    scores = {Path(p).name: float(v) for p, v in trainer.checkpoint_callback.best_k_models.items()}
+    epoch1 = next(name for name in scores if name.startswith("epoch01"))
+    saved = torch.load(Path(trainer.checkpoint_callback.dirpath) / epoch1, weights_only=True)
+    assert saved["finlight"]["backbone"]["config"]["num_hidden_layers"] == 3
+    assert scores[epoch1] == pytest.approx(probe.first_macro_f1, abs=1e-6)
 
 
 def test_hidden_state_scores_mask_padding_and_metrics():
@@ -178,3 +185,23 @@ def test_targets_and_the_albert_candidate():
     shared = albert()  # one candidate, the last repeat; its parameters never shrink
     scores, drop = SuccessiveLayerDrop(target_layers=1)._score(SimpleNamespace(model=shared), [], 0.0)
     assert drop == [2] and scores == {2: 0.0}
+
+
+def test_offloaded_copy_is_a_cpu_deep_copy_that_keeps_ties_and_trainability():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from finlight.callbacks.layer_drop import offloaded_copy
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True))
+    model.model.layers[0].mlp.requires_grad_(False)
+    copied = offloaded_copy(model)
+    assert copied.lm_head.weight is copied.model.embed_tokens.weight  # still tied: one tensor, copied once
+    assert copied.lm_head.weight is not model.lm_head.weight
+    original = dict(model.named_parameters())
+    for name, p in copied.named_parameters():
+        assert p.device.type == "cpu" and p.requires_grad == original[name].requires_grad
+        assert torch.equal(p, original[name]) and p.data_ptr() != original[name].data_ptr()
+    with torch.no_grad():
+        copied.model.embed_tokens.weight.zero_()
+    assert model.model.embed_tokens.weight.abs().sum() > 0  # independent storage

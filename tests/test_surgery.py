@@ -140,8 +140,10 @@ def test_decoder_sublayer_bypass_zeroes_one_part():
     with bypass(model, ("mlp", 2)):
         logits(model)
     torch.testing.assert_close(seen["out"], expected_last_hidden)
-    with pytest.raises(FinlightError, match="only whole layers"):
-        drop_unit(model, ("mlp", 2))
+    drop_unit(model, ("mlp", 2))  # removed for good (tests/test_sublayer_surgery.py): no longer a bypass unit
+    with pytest.raises(FinlightError, match="removed already; nothing to bypass"):
+        with bypass(model, ("mlp", 2)):
+            pass
 
 
 def test_bad_requests_are_refused():

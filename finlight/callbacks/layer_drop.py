@@ -1,19 +1,22 @@
 """Successive layer dropping (SAPLING / TrimLLM) while fine-tuning a `SequenceClassifier` or a
-`CausalLMClassifier` (decoders: whole layers; ablation scores the label-word class probabilities).
+`CausalLMClassifier` (ablation scores a causal LM by its label-word class probabilities).
 
 Every ``every_n_epochs`` epochs, at the start of the next training epoch, the remaining units (layers; for
-ALBERT, repeats of the shared layer) are scored on ``calibration_examples`` examples of the calibration split
-(validation by default), the least important one is removed for real (`finlight.surgery`), and the optimizer
-and scheduler are rebuilt for the remaining weights (the scheduler fast-forwarded to the current step, so a
-warm-up is not repeated). Dropping stops at ``target_layers`` or ``target_param_ratio``; training goes on to
-``max_epochs`` to recover. If the monitored validation metric falls more than ``tolerance`` below its best
-after a drop, the model before that drop (with the weights it had then) is restored and training stops.
+ALBERT, repeats of the shared layer; with ``granularity: sublayer``, each decoder layer's attention and MLP, as
+TrimLLM) are scored on ``calibration_examples`` examples of the calibration split (validation by default), the
+least important one is removed for real (`finlight.surgery`), and the optimizer and scheduler are rebuilt for
+the remaining weights (the scheduler fast-forwarded to the current step, so a warm-up is not repeated).
+Dropping stops at ``target_layers`` (sub-layers: ``target_sublayers``, the attention + MLP parts left) or
+``target_param_ratio``; training goes on to ``max_epochs`` to recover. If the monitored validation metric
+falls more than ``tolerance`` below its best after a drop, the model before that drop (with the weights it had
+then) is restored and training stops.
 
 Dropping happens at the start of an epoch, not right after validation, so every checkpoint holds the model
 its validation score was measured on. finlight checkpoints record the backbone config at save time, so a
 pruned checkpoint rebuilds the pruned architecture (``test --ckpt_path``, resume, export).
 
-Each drop is logged (``layer_drop/*`` scalars) and appended to ``layer_drop.json`` in the run folder.
+Each drop is logged (``layer_drop/*`` scalars, the unit as ``layer_drop/dropped`` text) and appended to
+``layer_drop.json`` in the run folder (``"dropped": [2]`` for a layer, ``["attention", 3]`` for a sub-layer).
 Single-process only: under DDP each rank's wrapper holds the old parameters (refused with a message).
 """
 
@@ -37,6 +40,7 @@ from finlight.run_dir import run_dir
 log = logging.getLogger("finlight.callbacks")
 Method = Literal["ablation", "block_influence", "angular_distance"]
 CalibrationMetric = Literal["loss", "acc", "macro_f1"]
+Granularity = Literal["layer", "sublayer"]
 
 
 class SuccessiveLayerDrop(pl.Callback):
@@ -51,6 +55,11 @@ class SuccessiveLayerDrop(pl.Callback):
         calibration_metric: for ablation: ``loss`` (minus the mean cross-entropy: continuous, so a few dozen
             examples still rank layers), ``acc`` or ``macro_f1`` (SAPLING's task metric; ties are frequent).
         target_layers / target_param_ratio: stop dropping at this depth / parameter fraction of the start.
+        granularity: ``layer``, or ``sublayer`` (decoders: Llama, Mistral, Qwen2, Phi) to remove one attention or
+            MLP at a time, scored by ablation only (the hidden-state scores compare whole layers' inputs and
+            outputs, which says nothing about one part of a layer). Depth is then a poor budget — a layer stays
+            while either part does — so sub-layer runs stop at ``target_sublayers`` (attention + MLP parts
+            left, two per layer at the start) or ``target_param_ratio``; ``target_layers`` is refused.
         monitor / tolerance: restore the last good model and stop when ``monitor`` (higher is better) falls
             more than ``tolerance`` below its best after a drop.
     """
@@ -58,10 +67,29 @@ class SuccessiveLayerDrop(pl.Callback):
     def __init__(self, every_n_epochs: int = 1, method: Method = "ablation", calibration_split: str = "val",
                  calibration_examples: int = 64, calibration_metric: CalibrationMetric = "loss",
                  target_layers: Optional[int] = None, target_param_ratio: Optional[float] = None,
-                 monitor: str = "val/macro_f1", tolerance: float = 0.05, angular_n: int = 1):
+                 monitor: str = "val/macro_f1", tolerance: float = 0.05, angular_n: int = 1,
+                 granularity: Granularity = "layer", target_sublayers: Optional[int] = None):
         if every_n_epochs < 1:
             raise FinlightError(f"SuccessiveLayerDrop.every_n_epochs={every_n_epochs}: must be ≥ 1")
-        if target_layers is None and target_param_ratio is None:
+        if granularity not in ("layer", "sublayer"):
+            raise FinlightError(f"SuccessiveLayerDrop.granularity={granularity!r}: use layer or sublayer")
+        if granularity == "sublayer":
+            if method != "ablation":
+                raise FinlightError(f"SuccessiveLayerDrop: granularity='sublayer' scores attention / MLP by ablation "
+                                    f"only; method={method!r} compares whole layers' hidden states: use method: "
+                                    "ablation")
+            if target_layers is not None:
+                raise FinlightError("SuccessiveLayerDrop: with granularity='sublayer' stop at target_sublayers "
+                                    "(attention + MLP parts left) or target_param_ratio, not target_layers")
+            if target_sublayers is None and target_param_ratio is None:
+                raise FinlightError("SuccessiveLayerDrop: set target_sublayers or target_param_ratio (where to stop)")
+            if target_sublayers is not None and target_sublayers < 1:
+                raise FinlightError(f"SuccessiveLayerDrop.target_sublayers={target_sublayers}: at least one part "
+                                    "must remain")
+        elif target_sublayers is not None:
+            raise FinlightError("SuccessiveLayerDrop.target_sublayers counts attention / MLP parts: set "
+                                "granularity: sublayer, or use target_layers")
+        if target_layers is None and target_param_ratio is None and granularity == "layer":
             raise FinlightError("SuccessiveLayerDrop: set target_layers or target_param_ratio (where to stop)")
         if target_layers is not None and target_layers < 1:
             raise FinlightError(f"SuccessiveLayerDrop.target_layers={target_layers}: at least one layer must remain")
@@ -79,12 +107,15 @@ class SuccessiveLayerDrop(pl.Callback):
         self.calibration_split, self.calibration_examples = calibration_split, calibration_examples
         self.calibration_metric = calibration_metric
         self.target_layers, self.target_param_ratio = target_layers, target_param_ratio
+        self.granularity, self.target_sublayers = granularity, target_sublayers
         self.monitor, self.tolerance = monitor, tolerance
         self.initial_params: Optional[int] = None
         self.best: Optional[float] = None
         self.history: list[dict] = []
         self.finished = False
-        self._snapshot = None  # the model before the latest drop, with its weights then
+        self._snapshot = None  # the model before the latest drop, with its weights then (in CPU memory)
+        self._snapshot_scores: Optional[dict] = None  # its validation metrics
+        self._last_validated: Optional[tuple[int, dict]] = None  # (global step, the val/* metrics then)
 
     # ------------------------------------------------------------------ state (resume)
     def state_dict(self) -> dict:
@@ -103,7 +134,7 @@ class SuccessiveLayerDrop(pl.Callback):
         if getattr(pl_module, "adapter_only", False):
             raise FinlightError("SuccessiveLayerDrop needs a fully trained backbone: remove model.lora / "
                                 "model.quantization")
-        surgery.family(pl_module.model)  # a clear error now, not after the first epochs
+        surgery.units(pl_module.model, self.granularity)  # a clear error now, not after the first epochs
         if self.initial_params is None:
             self.initial_params = surgery.parameter_count(pl_module.model)
 
@@ -118,6 +149,9 @@ class SuccessiveLayerDrop(pl.Callback):
             self._revert(trainer, pl_module, value)
             return
         self.best = value if self.best is None else max(self.best, value)
+        metrics = trainer.callback_metrics
+        self._last_validated = (trainer.global_step, {k: v.detach().clone() for k, v in metrics.items()
+                                                      if k.startswith("val/") and isinstance(v, torch.Tensor)})
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
@@ -125,13 +159,17 @@ class SuccessiveLayerDrop(pl.Callback):
             return
         if self._reached_target(pl_module.model):
             self.finished = True
-            log.info("layer drop: target reached (%d layers), no more drops", surgery.num_layers(pl_module.model))
+            parts = self._parts(pl_module.model)
+            log.info("layer drop: target reached (%d layers%s), no more drops", surgery.num_layers(pl_module.model),
+                     "" if parts is None else f", {parts} attention / MLP parts")
             return
         self._drop(trainer, pl_module)
 
     # ------------------------------------------------------------------ the work
     def _reached_target(self, model) -> bool:
-        if not surgery.units(model):
+        if not surgery.units(model, self.granularity):
+            return True
+        if self.target_sublayers is not None and surgery.count_sublayers(model) <= self.target_sublayers:
             return True
         if self.target_layers is not None and surgery.num_layers(model) <= self.target_layers:
             return True
@@ -146,31 +184,62 @@ class SuccessiveLayerDrop(pl.Callback):
         model.eval()
         try:
             before = calibration_metric(pl_module, batches, self.calibration_metric)
-            scores, drop = self._score(pl_module, batches, before)
+            if self.granularity == "sublayer":
+                by_unit = self._score_sublayers(pl_module, batches)
+                unit = importance.least_important(by_unit)
+                dropped, score = list(unit), by_unit[unit]
+                scores = {f"{part}.{index}": value for (part, index), value in by_unit.items()}
+            else:
+                by_layer, dropped = self._score(pl_module, batches, before)
+                score, scores = by_layer[dropped[0]], {str(k): v for k, v in by_layer.items()}
             params_before, layers_before = surgery.parameter_count(model), surgery.num_layers(model)
-            self._snapshot = copy.deepcopy(model)
-            surgery.drop_layers(model, drop)
+            parts_before = self._parts(model)
+            self._snapshot = offloaded_copy(model)
+            validated = self._last_validated  # the snapshot's own scores, if its weights were the ones validated
+            self._snapshot_scores = validated[1] if validated and validated[0] == trainer.global_step else None
+            if self.granularity == "sublayer":
+                surgery.drop_unit(model, tuple(dropped))
+            else:
+                surgery.drop_layers(model, dropped)
             after = calibration_metric(pl_module, batches, self.calibration_metric)
         finally:
             model.train(was_training)
         rebuild_optimizers(trainer)
         record = {
             "epoch": trainer.current_epoch, "global_step": trainer.global_step, "method": self.method,
-            "dropped": drop, "score": scores[drop[0]], "scores": {str(k): v for k, v in scores.items()},
+            "granularity": self.granularity, "dropped": dropped, "score": score, "scores": scores,
             "calibration_metric": self.calibration_metric, "metric_before": before, "metric_after": after,
             "val_best": self.best, "layers_before": layers_before, "layers_after": surgery.num_layers(model),
             "params_before": params_before, "params_after": surgery.parameter_count(model),
             "param_ratio": surgery.parameter_count(model) / self.initial_params,
         }
+        if parts_before is not None:
+            record.update(sublayers_before=parts_before, sublayers_after=self._parts(model))
         self.history.append(record)
-        log.info("layer drop: removed layer(s) %s (score %.4g), %d → %d layers, %s %.4f → %.4f", drop,
-                 record["score"], layers_before, record["layers_after"], self.calibration_metric, before, after)
+        log.info("layer drop: removed %s (score %.4g), %d → %d layers, %s %.4f → %.4f", dropped, score,
+                 layers_before, record["layers_after"], self.calibration_metric, before, after)
+        scalars = {"layer_drop/layers": record["layers_after"], "layer_drop/params": record["params_after"],
+                   "layer_drop/score": score, "layer_drop/metric_before": before, "layer_drop/metric_after": after}
+        if parts_before is not None:
+            scalars["layer_drop/sublayers"] = record["sublayers_after"]
         for logger in trainer.loggers:
-            logger.log_metrics({"layer_drop/layers": record["layers_after"],
-                                "layer_drop/params": record["params_after"], "layer_drop/score": record["score"],
-                                "layer_drop/metric_before": before, "layer_drop/metric_after": after},
-                               step=trainer.global_step)
+            logger.log_metrics(scalars, step=trainer.global_step)
+            writer = getattr(logger, "experiment", None)
+            if hasattr(writer, "add_text"):  # TensorBoard: which unit went, by name
+                writer.add_text("layer_drop/dropped", json.dumps(dropped), trainer.global_step)
         self._write(trainer)
+
+    def _parts(self, model) -> Optional[int]:
+        """Attention + MLP parts left (sub-layer runs only)."""
+        return surgery.count_sublayers(model) if self.granularity == "sublayer" else None
+
+    def _score_sublayers(self, pl_module, batches) -> dict:
+        """Ablation score of every remaining attention and MLP: ``{("attention", i): score, ...}``."""
+        model = pl_module.model
+        _, by_unit = importance.ablation_scores(
+            surgery.units(model, "sublayer"), lambda: calibration_metric(pl_module, batches, self.calibration_metric),
+            lambda unit: surgery.bypass(model, unit))
+        return by_unit
 
     def _score(self, pl_module, batches, baseline: float) -> tuple[dict, list[int]]:
         """Scores by unit index (lower = drop first) and the layer indices to remove."""
@@ -205,10 +274,17 @@ class SuccessiveLayerDrop(pl.Callback):
         self._snapshot = None
         self.finished = True
         trainer.should_stop = True
+        rebuild_optimizers(trainer)  # the checkpoint written next holds optimizer state for these weights
+        if self._snapshot_scores is not None:
+            # the checkpoint callback runs after this one and files the restored weights under its monitored
+            # metric: give it their own scores (measured when these weights were validated), not the pruned model's
+            trainer.callback_metrics.update(self._snapshot_scores)
         self.history.append({"epoch": trainer.current_epoch, "global_step": trainer.global_step, "reverted": True,
                              "monitor": self.monitor, "value": value, "best": self.best,
                              "layers_after": surgery.num_layers(restored),
                              "params_after": surgery.parameter_count(restored)})
+        if self.granularity == "sublayer":
+            self.history[-1]["sublayers_after"] = surgery.count_sublayers(restored)
         log.warning("layer drop: %s %.4f fell more than %.4g below its best %.4f: restored the %d-layer model "
                     "before the last drop and stopped", self.monitor, value, self.tolerance, self.best,
                     surgery.num_layers(restored))
@@ -221,6 +297,22 @@ class SuccessiveLayerDrop(pl.Callback):
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, "layer_drop.json"), "w", encoding="utf-8") as handle:
             json.dump({"initial_params": self.initial_params, "drops": self.history}, handle, indent=2)
+
+
+def offloaded_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of ``model`` whose parameters and buffers are in CPU memory.
+
+    Why: the snapshot a revert may need would otherwise be a second copy of the weights on the GPU (14 GB for a
+    7B model in bf16, next to the weights, gradients and optimizer states of full fine-tuning). Tied weights stay
+    tied (copied once through the deepcopy memo); ``requires_grad`` is kept."""
+    memo: dict = {}
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if id(tensor) in memo:
+            continue
+        data = tensor.detach().to("cpu", copy=True)
+        memo[id(tensor)] = (torch.nn.Parameter(data, requires_grad=tensor.requires_grad)
+                            if isinstance(tensor, torch.nn.Parameter) else data)
+    return copy.deepcopy(model, memo)
 
 
 def first_examples(loader, count: int, device) -> list[dict]:

@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+import finlight.surgery  # noqa: F401  (its import builds decoders with their recorded attention / MLP removals)
 from finlight.errors import FinlightError
 
 log = logging.getLogger("finlight.models")

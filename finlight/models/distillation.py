@@ -168,6 +168,13 @@ class DistillationStudent(SequenceClassifier):
                  f", projection {ds}→{dt}" if self.pkd_projection is not None else "")
 
     # ------------------------------------------------------------------ teacher
+    def teardown(self, stage: str) -> None:
+        """Lightning moves the module back to the CPU after a run; the teacher lives outside its modules (so out
+        of every checkpoint) and follows here, instead of holding GPU memory after ``fit`` returns."""
+        teacher = getattr(self, "teacher", None)
+        if teacher is not None and next(teacher.model.parameters()).device.type != "cpu":
+            teacher.model.to("cpu")
+
     def _teacher_forward(self, batch: dict, hidden: bool):
         teacher = self.teacher
         if next(teacher.model.parameters()).device != self.device:
