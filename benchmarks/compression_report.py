@@ -10,8 +10,9 @@ A variant is a finlight checkpoint (``.ckpt``) or a Hugging Face directory (an e
 or a quantized directory written by ``python -m finlight quantize``: its quantization config is applied at
 load). ``--sapling_run DIR`` adds, for each depth a SuccessiveLayerDrop run passed through, the checkpoint of
 that depth with the best ``val/macro_f1`` (``sapling_<depth>of<start>``: the deepest one is the full model
-before any drop). Post-training variants of a variant ``NAME``: ``--int8 NAME`` (dynamic INT8, CPU),
-``--bnb4 NAME`` / ``--bnb8 NAME`` (bitsandbytes at load time), ``--gptq NAME`` (GPTQ 4-bit calibrated on
+before any drop; a sub-layer run is grouped by the attention + MLP parts left instead:
+``sapling_<parts>of<start>parts``). Post-training variants of a variant ``NAME``: ``--int8 NAME`` (dynamic
+INT8, CPU), ``--bnb4 NAME`` / ``--bnb8 NAME`` (bitsandbytes at load time), ``--gptq NAME`` (GPTQ 4-bit calibrated on
 ``--calibration_examples`` texts of the config's **train** split; decoders and BERT-style encoders).
 ``--gpu_variant NAME=SRC`` is measured only where CUDA is available; elsewhere it is listed as "not run here
 (needs GPU)", and a variant that fails (e.g. a GPTQ group size that does not divide a layer's width) is listed
@@ -87,18 +88,41 @@ def checkpoint_depth_and_score(path: str) -> tuple[int, Optional[float]]:
     return len(layers), score
 
 
-def best_by_depth(folder: str) -> dict[int, tuple[str, float]]:
-    """For each depth a layer-dropping run passed through: (its best-validation checkpoint, that score)."""
+def checkpoint_parts(path: str) -> Optional[int]:
+    """Attention + MLP parts left in a decoder checkpoint of a sub-layer dropping run (two per layer minus the
+    removed ones recorded in ``config.removed_sublayers``); None when the checkpoint records no removal."""
+    import torch
+
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    config = ((checkpoint.get("finlight") or {}).get("backbone") or {}).get("config") or {}
+    removed = config.get("removed_sublayers")
+    if not removed or not any(removed):
+        return None
+    return 2 * int(config["num_hidden_layers"]) - sum(len(parts) for parts in removed)
+
+
+def best_by_depth(folder: str, unit: str = "layers") -> dict[int, tuple[str, float]]:
+    """For each depth a layer-dropping run passed through: (its best-validation checkpoint, that score). With
+    ``unit="parts"`` (sub-layer runs, whose layer count barely moves) the depth is the attention + MLP parts left."""
     best: dict[int, tuple[str, float]] = {}
     for name in sorted(os.listdir(folder)):
         if name.endswith(".ckpt") and not name.startswith("last"):
             path = os.path.join(folder, name)
             depth, score = checkpoint_depth_and_score(path)
+            if unit == "parts":
+                parts = checkpoint_parts(path)
+                depth = 2 * depth if parts is None else parts
             if score is not None and (depth not in best or score > best[depth][1]):
                 best[depth] = (path, score)
     if not best:
         raise SystemExit(f"{folder}: no checkpoint with a val/macro_f1 score (checkpoint.save_top_k: -1 keeps them)")
     return best
+
+
+def is_sublayer_run(folder: str) -> bool:
+    """Whether any checkpoint of the run records removed attention / MLP parts."""
+    return any(checkpoint_parts(os.path.join(folder, n)) is not None for n in os.listdir(folder)
+               if n.endswith(".ckpt") and not n.startswith("last"))
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -344,9 +368,10 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     device = ("cuda" if has_cuda else "cpu") if args.device == "auto" else args.device
     variants = dict(v.split("=", 1) for v in args.variant)
     for folder in args.sapling_run:
-        depths = best_by_depth(folder)
-        top = max(depths)
-        variants.update({f"sapling_{d}of{top}": depths[d][0] for d in sorted(depths, reverse=True)})
+        unit = "parts" if is_sublayer_run(folder) else "layers"
+        depths = best_by_depth(folder, unit)
+        top, suffix = max(depths), "" if unit == "layers" else "parts"
+        variants.update({f"sapling_{d}of{top}{suffix}": depths[d][0] for d in sorted(depths, reverse=True)})
     gpu_only = dict(v.split("=", 1) for v in args.gpu_variant)
     if not variants and not gpu_only:
         parser.error("give at least one --variant, --sapling_run or --gpu_variant")

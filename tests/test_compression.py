@@ -113,3 +113,27 @@ def test_best_checkpoint_per_depth_of_a_layer_drop_run(tmp_path, monkeypatch, re
     best = best_by_depth(str(tmp_path))
     assert {d: (p.split("/")[-1][:7], round(s, 2)) for d, (p, s) in best.items()} == {
         3: ("epoch01", 0.6), 2: ("epoch03", 0.58), 1: ("epoch04", 0.57)}
+
+
+def test_sublayer_runs_are_grouped_by_parts_left(tmp_path, monkeypatch, request):
+    """A sub-layer run keeps its layer count for several drops: its Pareto points are the attention + MLP parts
+    left, read from the removals each checkpoint records."""
+    monkeypatch.syspath_prepend(str(request.config.rootpath / "benchmarks"))
+    from compression_report import best_by_depth, checkpoint_parts, is_sublayer_run
+
+    def save(name, removed, score):
+        state = {f"model.model.layers.{i}.mlp.up_proj.weight": torch.zeros(1) for i in range(len(removed))}
+        config = {"num_hidden_layers": len(removed), "removed_sublayers": removed}
+        callbacks = {"RunCheckpoint{'monitor': 'val/macro_f1'}": {"current_score": torch.tensor(score)}}
+        torch.save({"state_dict": state, "callbacks": callbacks, "finlight": {"backbone": {"config": config}}},
+                   tmp_path / name)
+
+    save("epoch00-a.ckpt", [[], [], []], 0.5)  # 6 parts: nothing removed yet
+    save("epoch01-a.ckpt", [[], ["attention"], []], 0.6)  # 5
+    save("epoch02-a.ckpt", [[], ["attention"], ["mlp"]], 0.55)  # 4
+    save("epoch03-a.ckpt", [[], ["attention"], ["mlp"]], 0.58)  # 4, better
+    assert checkpoint_parts(str(tmp_path / "epoch00-a.ckpt")) is None
+    assert checkpoint_parts(str(tmp_path / "epoch02-a.ckpt")) == 4 and is_sublayer_run(str(tmp_path))
+    best = best_by_depth(str(tmp_path), "parts")
+    assert {d: p.split("/")[-1][:7] for d, (p, _) in best.items()} == {6: "epoch00", 5: "epoch01", 4: "epoch03"}
+    assert set(best_by_depth(str(tmp_path))) == {3}  # by layers, every checkpoint is one depth

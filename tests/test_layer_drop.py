@@ -205,3 +205,31 @@ def test_offloaded_copy_is_a_cpu_deep_copy_that_keeps_ties_and_trainability():
     with torch.no_grad():
         copied.model.embed_tokens.weight.zero_()
     assert model.model.embed_tokens.weight.abs().sum() > 0  # independent storage
+
+
+def test_a_layer_drop_run_resumed_after_a_crash_ends_where_an_uninterrupted_one_ends(in_tmp):
+    from conftest import InterruptAtEpoch  # noqa: F401  (class_path below)
+
+    config = drop_config(in_tmp, "drops", epochs=3)
+    straight = run_cli(["fit", "--config", config])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_cli(["fit", "--config", config, "--experiment", "crashed",
+                 "--trainer.callbacks+=conftest.InterruptAtEpoch", "--trainer.callbacks.epoch=2"])
+    # the checkpoint carries the validation the next snapshot is scored by (a revert files it under these)
+    saved = torch.load(in_tmp / "checkpoints" / "crashed" / "version_0" / "last.ckpt", weights_only=True)
+    state = next(v for k, v in saved["callbacks"].items() if k.startswith("SuccessiveLayerDrop"))
+    step, scores = state["last_validated"]
+    assert step == saved["global_step"] and 0 <= scores["val/macro_f1"] <= 1 and "val/loss" in scores
+    restored = SuccessiveLayerDrop(target_layers=1)
+    restored.load_state_dict(state)
+    assert restored._last_validated[0] == step
+    assert float(restored._last_validated[1]["val/loss"]) == pytest.approx(scores["val/loss"])
+
+    resumed = run_cli(["fit", "--config", config, "--experiment", "crashed", "--ckpt_path", "last"])
+    assert resumed.model.model.config.num_hidden_layers == straight.model.model.config.num_hidden_layers == 1
+    for key in ("val/loss", "val/macro_f1"):
+        assert float(resumed.trainer.callback_metrics[key]) == pytest.approx(
+            float(straight.trainer.callback_metrics[key]), abs=1e-6), key
+    drops = [json.loads((in_tmp / "logs" / name / "version_0" / "layer_drop.json").read_text())["drops"]
+             for name in ("drops", "crashed")]
+    assert [d["dropped"] for d in drops[0]] == [d["dropped"] for d in drops[1]]

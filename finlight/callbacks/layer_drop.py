@@ -119,12 +119,18 @@ class SuccessiveLayerDrop(pl.Callback):
 
     # ------------------------------------------------------------------ state (resume)
     def state_dict(self) -> dict:
+        validated = self._last_validated
         return {"initial_params": self.initial_params, "best": self.best, "history": self.history,
-                "finished": self.finished}
+                "finished": self.finished,
+                "last_validated": None if validated is None else
+                [validated[0], {k: float(v) for k, v in validated[1].items()}]}
 
     def load_state_dict(self, state: dict) -> None:
         self.initial_params, self.best = state["initial_params"], state["best"]
         self.history, self.finished = list(state["history"]), bool(state["finished"])
+        validated = state.get("last_validated")  # a resumed run's first snapshot keeps its own scores
+        self._last_validated = None if validated is None else (
+            int(validated[0]), {k: torch.tensor(v) for k, v in validated[1].items()})
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
