@@ -88,3 +88,20 @@ def test_a_module_built_in_python_saves_plain_hparams(tmp_path):
     assert module.hparams["scratch"]["hidden_size"] == 32 and module.scratch.hidden_size == 32
     torch.save({"hyper_parameters": dict(module.hparams)}, tmp_path / "h.ckpt")
     assert torch.load(tmp_path / "h.ckpt", weights_only=True)["hyper_parameters"]["scratch"]["num_layers"] == 1
+
+
+def test_a_head_of_the_wrong_width_is_refused_at_load_time():
+    """Some transformers versions keep a checkpoint's head despite ``ignore_mismatched_sizes`` (5.17 with 4-bit
+    loading): the mismatch must be named at load time, not surface as a shape error inside the loss."""
+    from transformers import BertConfig, BertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
+
+    from finlight.models.backbone import _check_head, head_classes
+
+    small = dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    bert = BertForSequenceClassification(BertConfig(num_labels=3, **small))
+    bert.classifier.weight = torch.nn.Parameter(torch.zeros(2, 16))  # built for 3, loaded with 2 rows (as 5.17)
+    roberta = RobertaForSequenceClassification(RobertaConfig(num_labels=3, **small))
+    assert head_classes(bert) == 2 and head_classes(roberta) == 3  # RoBERTa: classifier.dense → out_proj
+    _check_head(roberta, ["negative", "neutral", "positive"], "roberta")  # fits: no error
+    with pytest.raises(FinlightError, match=r"bert: the loaded classification head scores 2 classes, not 3"):
+        _check_head(bert, ["negative", "neutral", "positive"], "bert")

@@ -121,7 +121,8 @@ def test_distillation_teacher_follows_the_student_to_the_gpu(tiny_hf_dir, in_tmp
     write_data(in_tmp)
     pseudo_label(str(tiny_hf_dir), ["corpus"], "pl.jsonl", progress_bar=False, device="cuda")
     pseudo_label(str(tiny_hf_dir), ["corpus"], "cpu.jsonl", progress_bar=False, device="cpu")
-    on_gpu, on_cpu = ([json.loads(line) for line in Path(f).read_text().splitlines()] for f in ("pl.jsonl", "cpu.jsonl"))
+    on_gpu, on_cpu = ([json.loads(line) for line in Path(name).read_text().splitlines()]
+                      for name in ("pl.jsonl", "cpu.jsonl"))
     assert len(on_gpu) == len(on_cpu) > 0  # the teacher's soft targets do not depend on where it ran
     assert max(abs(a["logits"][k] - b["logits"][k]) for a, b in zip(on_gpu, on_cpu) for k in a["logits"]) < 1e-4
     cli = run_cli(["fit", *student_args("gpu_pkd"), "--trainer.accelerator", "gpu", "--trainer.devices", "1",

@@ -84,8 +84,35 @@ def load_pretrained(name_or_path: str, label_names: Sequence[str], trust_remote_
         config.update(_label_config(label_names))
         model = AutoModelForSequenceClassification.from_pretrained(
             name_or_path, config=config, ignore_mismatched_sizes=True, **kwargs)
+    _check_head(model, label_names, name_or_path)
     set_pad_token(model, tokenizer)
     return model, tokenizer
+
+
+def head_classes(model) -> Optional[int]:
+    """How many classes the classification head scores (rows of its last linear layer's weight, which is what
+    was loaded: ``out_features`` only says what was built); None if not found."""
+    for name in ("score", "classifier"):
+        head = getattr(model, name, None)
+        linears = [m for m in head.modules() if isinstance(m, nn.Linear)] if isinstance(head, nn.Module) else []
+        if linears:
+            last = linears[-1]
+            weight = last.weight  # packed 4-bit storage has another shape: then trust out_features
+            loaded = weight.dim() == 2 and weight.shape[1] == last.in_features
+            return int(weight.shape[0]) if loaded else last.out_features
+    return None
+
+
+def _check_head(model, label_names: Sequence[str], source: str) -> None:
+    """A head of the wrong width only fails later, as a shape error deep in the loss. Seen: transformers 5.17
+    loaded a checkpoint's 2-class head into a 4-bit model despite ``ignore_mismatched_sizes`` (5.23 does not)."""
+    found = head_classes(model)
+    if found is not None and found != len(label_names):
+        import transformers
+
+        raise FinlightError(f"{source}: the loaded classification head scores {found} classes, not "
+                            f"{len(label_names)} ({', '.join(label_names)}); transformers {transformers.__version__} "
+                            f"kept the checkpoint's head — upgrade transformers (finlight is tested with 5.23)")
 
 
 def set_pad_token(model, tokenizer) -> None:
