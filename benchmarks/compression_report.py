@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import math
 import multiprocessing
@@ -72,11 +73,13 @@ def _current_rss_mb() -> float:
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
-def checkpoint_depth_and_score(path: str) -> tuple[int, Optional[float]]:
-    """(layers, the ``val/macro_f1`` it was saved with) of a finlight checkpoint, without building the model."""
+@functools.lru_cache(maxsize=None)
+def _checkpoint_meta(path: str) -> tuple[int, Optional[float], Optional[int]]:
+    """(layers, saved ``val/macro_f1``, attention + MLP parts or None) of a checkpoint, read once and memory-mapped
+    (a 7B run's checkpoints are tens of GB; grouping a run asks each file several questions)."""
     import torch
 
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     layers = {int(m.group(1)) for k in checkpoint["state_dict"] if (m := LAYER_KEY.match(k))}
     score = None
     for key, state in checkpoint.get("callbacks", {}).items():
@@ -85,20 +88,23 @@ def checkpoint_depth_and_score(path: str) -> tuple[int, Optional[float]]:
     if score is None:  # the default file name carries it too
         found = re.search(r"val_macro_f1([0-9.]+?)(?:-v\d+)?\.ckpt$", path)
         score = float(found.group(1)) if found else None
-    return len(layers), score
+    config = ((checkpoint.get("finlight") or {}).get("backbone") or {}).get("config") or {}
+    removed = config.get("removed_sublayers")
+    parts = (2 * int(config["num_hidden_layers"]) - sum(len(p) for p in removed)
+             if removed and any(removed) else None)
+    return len(layers), score, parts
+
+
+def checkpoint_depth_and_score(path: str) -> tuple[int, Optional[float]]:
+    """(layers, the ``val/macro_f1`` it was saved with) of a finlight checkpoint, without building the model."""
+    layers, score, _ = _checkpoint_meta(path)
+    return layers, score
 
 
 def checkpoint_parts(path: str) -> Optional[int]:
     """Attention + MLP parts left in a decoder checkpoint of a sub-layer dropping run (two per layer minus the
     removed ones recorded in ``config.removed_sublayers``); None when the checkpoint records no removal."""
-    import torch
-
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    config = ((checkpoint.get("finlight") or {}).get("backbone") or {}).get("config") or {}
-    removed = config.get("removed_sublayers")
-    if not removed or not any(removed):
-        return None
-    return 2 * int(config["num_hidden_layers"]) - sum(len(parts) for parts in removed)
+    return _checkpoint_meta(path)[2]
 
 
 def best_by_depth(folder: str, unit: str = "layers") -> dict[int, tuple[str, float]]:

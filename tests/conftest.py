@@ -67,6 +67,17 @@ def labelled_rows(repeat: int = 3) -> list[tuple[str, str]]:
     return rows
 
 
+def write_labelled_csv(path, repeat: int = 3) -> str:
+    """``labelled_rows(repeat)`` as a ``text,label`` CSV at ``path``; returns the path."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(labelled_rows(repeat))
+    return str(path)
+
+
 @pytest.fixture(scope="session")
 def tiny_hf_dir(tmp_path_factory) -> Path:
     """A tiny BERT classifier saved like a hub download, with a head in ProsusAI/finbert's label order."""

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import labelled_rows
+from conftest import write_labelled_csv
 
 from finlight.quantize import count_linear, dynamic_int8, saved_size_bytes
 
@@ -48,10 +48,7 @@ def test_report_end_to_end(in_tmp, tiny_hf_dir, monkeypatch, request):
     monkeypatch.syspath_prepend(str(request.config.rootpath / "benchmarks"))
     from compression_report import main, test_split
 
-    with open("data.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        writer.writerows(labelled_rows(3))
+    write_labelled_csv("data.csv", 3)
     (in_tmp / "run.yaml").write_text(
         "data:\n  class_path: finlight.data.ClassificationDataModule\n  init_args:\n    path: data.csv\n"
         "    label_names: [negative, neutral, positive]\n    split_ratios: [0.5, 0.25, 0.25]\n    max_length: 32\n")

@@ -1,7 +1,6 @@
 """Distillation: losses against hand-computed values, PKD layer maps, a frozen teacher that never learns and
 never lands in a checkpoint, soft targets from the pseudo-label file, two-stage training, the configs."""
 
-import csv
 import math
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from finlight.models.distillation import DistillationStudent, pkd_layer_map
 from finlight.models.teacher import classify_logits, load_classifier
 from finlight.pseudo_label import pseudo_label
 
-from conftest import SENTENCES, labelled_rows
+from conftest import SENTENCES, write_labelled_csv
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["negative", "neutral", "positive"]
@@ -84,10 +83,7 @@ def test_pkd_layer_maps_skip_last_explicit_and_mask_the_last_layer():
 
 # ---------------------------------------------------------------------------------------------- modules
 def write_data(folder: Path) -> None:
-    with open(folder / "labelled.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        writer.writerows(labelled_rows(3))
+    write_labelled_csv(folder / "labelled.csv", 3)
     (folder / "corpus").mkdir()
     (folder / "corpus" / "ect.txt").write_text("\n".join(CORPUS) + "\n", encoding="utf-8")
 

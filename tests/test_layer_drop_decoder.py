@@ -1,23 +1,19 @@
 """SuccessiveLayerDrop on the decoder path: a tiny from-scratch Llama `CausalLMClassifier` (label words) on data
 written by the test; ablation scores with the class probabilities the module itself evaluates with."""
 
-import csv
 import json
 
 import pytest
 import torch
 import yaml
 
-from conftest import labelled_rows
+from conftest import write_labelled_csv
 from finlight.callbacks.layer_drop import calibration_metric, first_examples
 from finlight.cli import run_cli
 
 
 def decoder_config(folder, method: str) -> str:
-    with open(folder / "rows.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        writer.writerows(labelled_rows(3))
+    write_labelled_csv(folder / "rows.csv", 3)
     config = {
         "seed_everything": 3,
         "trainer": {"max_epochs": 3, "enable_progress_bar": False, "enable_model_summary": False,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import SENTENCES, labelled_rows
+from conftest import SENTENCES, write_labelled_csv
 from finlight.compression import (auto_class, block_name, calibration_sample, check_model_dir, gptq_quantize,
                                   load_bnb, load_quantized_dir, quantize_main, split_texts)
 from finlight.errors import FinlightError
@@ -78,12 +78,7 @@ def test_bnb_load_quantizes_the_projections_keeps_the_head_and_round_trips(llama
 
 
 def test_calibration_texts_come_from_the_training_split_reproducibly(in_tmp):
-    import csv
-
-    with open("rows.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        writer.writerows(labelled_rows(3))
+    write_labelled_csv("rows.csv", 3)
     config = in_tmp / "x.yaml"
     config.write_text("data:\n  class_path: finlight.data.ClassificationDataModule\n  init_args:\n"
                       "    path: rows.csv\n    label_names: [negative, neutral, positive]\n"
@@ -143,14 +138,9 @@ def test_gptq_4bit_on_cpu_quantizes_calibrated_and_reloads_exactly(llama_dir, tm
 
 @pytest.mark.skipif(not HAS_GPTQ, reason="gptqmodel / optimum not installed (the optional gptq extra)")
 def test_quantize_command_gptq_of_an_encoder_calibrates_on_the_train_split(in_tmp, tiny_hf_dir, one_thread):
-    import csv
-
     from finlight.cli import main
 
-    with open("rows.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        writer.writerows(labelled_rows(2))
+    write_labelled_csv("rows.csv", 2)
     (in_tmp / "run.yaml").write_text(
         "data:\n  class_path: finlight.data.ClassificationDataModule\n  init_args:\n    path: rows.csv\n"
         "    label_names: [negative, neutral, positive]\n    split_ratios: [0.5, 0.25, 0.25]\n")

@@ -63,7 +63,19 @@ class LoaderPerSplit:
         return self._loader("predict")
 
 
-class ClassificationDataModule(ModelTokenizer, LoaderPerSplit, pl.LightningDataModule):
+class DataReport:
+    """Writes ``self.report`` (what was read, split, dropped) to the run folder's ``data_report.json``."""
+
+    def _write_report(self) -> None:
+        trainer = self.trainer
+        if trainer is None or not trainer.is_global_zero or run_dir(trainer) is None:
+            return
+        os.makedirs(run_dir(trainer), exist_ok=True)
+        with open(os.path.join(run_dir(trainer), "data_report.json"), "w") as handle:
+            json.dump(self.report, handle, indent=2)
+
+
+class ClassificationDataModule(ModelTokenizer, LoaderPerSplit, DataReport, pl.LightningDataModule):
     """Labelled financial text for sequence classification.
 
     Give either ``path`` (one source, split into train/val/test by ``split_ratios``, stratified, seeded and
@@ -294,14 +306,6 @@ class ClassificationDataModule(ModelTokenizer, LoaderPerSplit, pl.LightningDataM
                              for name in SPLITS},
             "class_weights": self.class_weights,
         }
-
-    def _write_report(self) -> None:
-        trainer = self.trainer
-        if trainer is None or not trainer.is_global_zero or run_dir(trainer) is None:
-            return
-        os.makedirs(run_dir(trainer), exist_ok=True)
-        with open(os.path.join(run_dir(trainer), "data_report.json"), "w") as handle:
-            json.dump(self.report, handle, indent=2)
 
     # ------------------------------------------------------------------ batches
     def dataset(self, split: str) -> EncodedDataset:

@@ -9,22 +9,19 @@ the records of a split back by each batch's ``index`` to score what it generated
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from typing import Literal, Optional
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
-from finlight.data.datamodule import LoaderPerSplit, ModelTokenizer
+from finlight.data.datamodule import DataReport, LoaderPerSplit, ModelTokenizer
 from finlight.data.instruction import InstructionCollator, InstructionDataset
 from finlight.data.tokenization import LengthGroupedSampler, SortedSampler
 from finlight.errors import FinlightError
 from finlight.finqa.prompts import (DEFAULT_TEMPLATE, SECTIONS, FinQAPromptBuilder, check_prompt_options,
                                     context_units, target_text)
 from finlight.finqa.records import FinQARecord, load_finqa
-from finlight.run_dir import run_dir
 
 log = logging.getLogger("finlight.data")
 SPLITS = ("train", "val", "test")
@@ -33,7 +30,7 @@ PROGRAM_WORDS = ["add", "subtract", "multiply", "divide", "exp", "greater", "tab
                  "table_sum", "table_average", "none", "const_", "yes", "no"]
 
 
-class FinQADataModule(ModelTokenizer, LoaderPerSplit, pl.LightningDataModule):
+class FinQADataModule(ModelTokenizer, LoaderPerSplit, DataReport, pl.LightningDataModule):
     """FinQA question answering for `FinQAGenerator`.
 
     Args:
@@ -190,12 +187,3 @@ class FinQADataModule(ModelTokenizer, LoaderPerSplit, pl.LightningDataModule):
                                                                               self.hp.batch_size),
                           sampler=sampler, collate_fn=InstructionCollator(self.tokenizer.pad_token_id),
                           num_workers=self.hp.num_workers, persistent_workers=self.hp.num_workers > 0)
-
-
-    def _write_report(self) -> None:
-        trainer = self.trainer
-        if trainer is None or not trainer.is_global_zero or run_dir(trainer) is None:
-            return
-        os.makedirs(run_dir(trainer), exist_ok=True)
-        with open(os.path.join(run_dir(trainer), "data_report.json"), "w") as handle:
-            json.dump(self.report, handle, indent=2)
