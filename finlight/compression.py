@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 import torch
 
 from finlight.errors import FinlightError
-from finlight.models.adapters import SEQUENCE_HEADS, QuantizationOptions, quantized_load_kwargs
+from finlight.models.adapters import SEQUENCE_HEADS, QuantizationOptions, portable_4bit, quantized_load_kwargs
 
 METHODS = ("bnb4", "bnb8", "gptq4")
 
@@ -67,7 +67,7 @@ def load_bnb(model_dir: str, bits: int = 4, quant_type: str = "nf4", double_quan
     except (RuntimeError, ValueError) as err:
         raise FinlightError(f"{model_dir}: bitsandbytes {bits}-bit load failed: {str(err).splitlines()[0][:300]}"
                             " (on CPU, 4-bit needs layer widths divisible by 32)") from None
-    return model.eval(), AutoTokenizer.from_pretrained(folder)
+    return portable_4bit(model).eval(), AutoTokenizer.from_pretrained(folder)
 
 
 def split_texts(config_path: str, split: str = "train") -> tuple[list[str], list[int], int]:
@@ -173,7 +173,7 @@ def load_quantized_dir(model_dir: str, device: Optional[torch.device] = None):
             kwargs["dtype"] = torch.float16 if device.type == "cuda" else torch.float32
         kwargs["device_map"] = {"": (device.index or 0) if device.type == "cuda" else "cpu"}
     model = auto_class(folder).from_pretrained(folder, **kwargs)
-    return model.eval(), AutoTokenizer.from_pretrained(folder)
+    return portable_4bit(model).eval(), AutoTokenizer.from_pretrained(folder)
 
 
 def quantize_main(argv: list[str]) -> Path:

@@ -404,3 +404,43 @@ def test_a_plain_classification_data_module_is_refused_with_a_pointer(in_tmp, ti
     trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=1)
     with pytest.raises(FinlightError, match="finlight.data.instruction.InstructionDataModule"):
         trainer.validate(CausalLMClassifier(backbone=str(tiny_llama_dir)), datamodule=dm, verbose=False)
+
+
+def test_4bit_training_never_takes_the_avx512_packed_layout(in_tmp, tiny_llama_dir, monkeypatch):
+    """bitsandbytes repacks a 4-bit weight in place for CPU inference on AVX-512 BF16 CPUs the first time a layer
+    runs in eval mode without grad; training after that fails and numbers change (`portable_4bit`). The CPU's
+    answer is forced to "yes" so that an AVX2 machine takes the same decision as an AVX-512 one."""
+    import bitsandbytes as bnb
+    import bitsandbytes.nn.modules as bnb_modules
+    import lightning.pytorch as pl
+
+    packed = []
+
+    def record(weight, quant_state):  # stands in for the conversion: records it, changes nothing
+        packed.append(weight.shape)
+        return weight, quant_state
+
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)
+    monkeypatch.setattr(bnb_modules, "_convert_weight_packed_for_cpu", record)
+
+    control = bnb.nn.Linear4bit(64, 64, compute_dtype=torch.float32, quant_type="nf4").to("cpu")
+    control.weight = bnb.nn.Params4bit(torch.randn(64, 64), requires_grad=False, quant_type="nf4")._quantize("cpu")
+    with torch.no_grad():
+        control.eval()(torch.randn(2, 64))
+    assert len(packed) == 1  # the patch reaches bitsandbytes' decision: an unguarded layer would repack
+
+    packed.clear()
+    dm = InstructionDataModule(path=write_csv(in_tmp / "d.csv"), text_column="Sentence", label_column="Sentiment",
+                               label_names=["negative", "neutral", "positive"], label_words=WORDS,
+                               split_ratios=(0.5, 0.25, 0.25), batch_size=6)
+    module = CausalLMClassifier(backbone=str(tiny_llama_dir), learning_rate=5e-3,
+                                lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
+                                quantization={"bits": 4, "compute_dtype": "float32"})
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=1, enable_checkpointing=False)
+    trainer.fit(module, datamodule=dm)  # sanity check, validation after epoch 1, then training again
+    trainer.validate(module, datamodule=dm, verbose=False)
+    layers = [m for m in module.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and all(not m.support_avx512bf16_for_cpu for m in layers)
+    assert packed == []
+    assert torch.isfinite(trainer.callback_metrics["val/loss"])

@@ -23,7 +23,7 @@ REQUIRED_MACRO_F1 = 0.60
 
 @pytest.mark.integration
 def test_from_scratch_on_phrasebank_allagree_beats_the_majority_baseline(in_tmp):
-    config = str(REPO / "configs" / "quickstart.yaml")
+    config = str(REPO / "configs" / "quickstart_scratch.yaml")
     args = ["--config", config, "--experiment", "pb", *QUIET,
             "--data.init_args.path", str(PHRASEBANK_ALL), "--data.init_args.split_ratios", "[0.8, 0.1, 0.1]",
             "--data.init_args.batch_size", "32", "--model.init_args.scratch.vocab_size", "4000"]

@@ -134,6 +134,24 @@ def quantized_load_kwargs(quantization: QuantizationOptions, device: torch.devic
     return {"quantization_config": config, "device_map": {"": place}}
 
 
+def portable_4bit(model: nn.Module) -> nn.Module:
+    """Keep bitsandbytes 4-bit layers in the one weight layout every CPU (and GPU) computes the same way.
+
+    Why: bitsandbytes ≥ 0.48 on a CPU with AVX-512 BF16 repacks a ``Linear4bit`` weight *in place* into a CPU
+    inference layout the first time it runs in eval mode without grad (``_convert_weight_packed_for_cpu``: absmax
+    cast to bf16, another kernel). Training after that raises "a view of a leaf Variable that requires grad is
+    being used in an in-place operation", and the numbers differ from the AVX2 path (its inverse, run on save,
+    does not restore the fp32 absmax: reloads moved logits by ~1e-3). bitsandbytes has no option for this; the
+    per-layer flag ``support_avx512bf16_for_cpu`` it reads in ``forward`` is the switch, so it goes off here on
+    every 4-bit layer finlight loads. The cost is speed, not accuracy: the unpacked kernel is what AVX2 CPUs and
+    every training step use anyway.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    return model
+
+
 def apply_adapters(model: nn.Module, lora: Optional[LoraOptions], quantization: Optional[QuantizationOptions],
                    gradient_checkpointing: bool, task_type: Literal["SEQ_CLS", "CAUSAL_LM"]) -> nn.Module:
     """Make a loaded backbone trainable the QLoRA way; returns the (possibly peft-wrapped) model."""

@@ -20,7 +20,7 @@ from finlight.errors import FinlightError
 from finlight.losses import answer_only_lm_loss
 from finlight.metrics import classification_metrics
 from finlight.models.adapters import (CAUSAL_HEADS, LoraOptions, QuantizationOptions, apply_adapters, as_options,
-                                      check_adapter_state, keep_in_place, options_dict, quantized_load_kwargs,
+                                      check_adapter_state, keep_in_place, options_dict, portable_4bit, quantized_load_kwargs,
                                       trainable_state_dict, validate_options)
 from finlight.models.backbone import _unreachable, backbone_state, rebuild_backbone, set_pad_token
 from finlight.models.base import ClassificationModule
@@ -99,6 +99,7 @@ def load_causal_base(name: str, lora: Optional[LoraOptions], quantization: Optio
     shared by every module that fine-tunes a decoder."""
     kwargs = quantized_load_kwargs(quantization, device, CAUSAL_HEADS) if quantization is not None else {}
     model, tokenizer = load_causal_pretrained(name, dtype, trust_remote_code, **kwargs)
+    portable_4bit(model)
     model = apply_adapters(model, lora, quantization, gradient_checkpointing, "CAUSAL_LM")
     if quantization is not None:
         keep_in_place(model)

@@ -13,7 +13,7 @@ from finlight.errors import FinlightError
 from finlight.losses import weighted_cross_entropy
 from finlight.metrics import classification_metrics
 from finlight.models.adapters import (SEQUENCE_HEADS, LoraOptions, QuantizationOptions, apply_adapters, as_options,
-                                      check_adapter_state, keep_in_place, options_dict, quantized_load_kwargs,
+                                      check_adapter_state, keep_in_place, options_dict, portable_4bit, quantized_load_kwargs,
                                       trainable_state_dict, validate_options)
 from finlight.models.backbone import (ScratchConfig, backbone_state, build_from_scratch, load_pretrained,
                                       rebuild_backbone)
@@ -129,6 +129,7 @@ class SequenceClassifier(ClassificationModule):
             device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
             kwargs = quantized_load_kwargs(self.quantization, device, SEQUENCE_HEADS)
         model, tokenizer = load_pretrained(name, label_names, self.hparams.trust_remote_code, **kwargs)
+        portable_4bit(model)
         if self.adapter_only or self.hparams.gradient_checkpointing:
             model = apply_adapters(model, self.lora, self.quantization, self.hparams.gradient_checkpointing, "SEQ_CLS")
         if self.quantization is not None:
