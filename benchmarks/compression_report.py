@@ -136,7 +136,7 @@ def _hf_dir(source: str, scratch: str) -> str:
     """``source`` as a Hugging Face directory (a checkpoint is restored and saved under ``scratch``)."""
     if os.path.isdir(source):
         return source
-    from finlight.models.restore import restore_from_checkpoint
+    from finlight.core.restore import restore_from_checkpoint
 
     model, tokenizer, _, _ = restore_from_checkpoint(source)
     model.save_pretrained(scratch)
@@ -163,12 +163,12 @@ def load_variant(source: str, quant: Optional[str] = None, device: str = "cpu", 
     """(model in eval mode, tokenizer, parameters of the unquantized model) for one variant."""
     import torch
 
-    from finlight import compression
-    from finlight.quantize import dynamic_int8
+    from finlight.quantize import ptq as compression
+    from finlight.quantize.dynamic_int8 import dynamic_int8
 
     with tempfile.TemporaryDirectory() as scratch:
         if quant in (None, "int8") and not os.path.isdir(source):
-            from finlight.models.restore import restore_from_checkpoint
+            from finlight.core.restore import restore_from_checkpoint
 
             model, tokenizer, _, _ = restore_from_checkpoint(source)
         else:
@@ -214,8 +214,8 @@ def _measure(source, quant, texts, labels, max_length, batch_size, device, calib
     import torch
     from sklearn.metrics import accuracy_score, f1_score
 
-    from finlight.quantize import saved_size_bytes
-    from finlight.surgery import num_layers
+    from finlight.quantize.dynamic_int8 import saved_size_bytes
+    from finlight.prune.surgery import num_layers
 
     cuda = device.startswith("cuda")
     if cuda:
@@ -273,7 +273,7 @@ def measure_isolated(*args) -> dict:
 
 def test_split(config_path: str) -> tuple[list[str], list[int], int]:
     """Texts, label indices and max_length of the test split that ``config_path``'s data section makes."""
-    from finlight.compression import split_texts
+    from finlight.quantize.ptq import split_texts
 
     return split_texts(config_path, "test")
 
@@ -367,7 +367,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     args = parser.parse_args(argv)
     import torch
 
-    from finlight.compression import calibration_sample, split_texts
+    from finlight.quantize.ptq import calibration_sample, split_texts
     from finlight.errors import FinlightError
 
     has_cuda = torch.cuda.is_available()

@@ -35,7 +35,7 @@ PAIRS = {
     "toxicity": ("configs/bert_tiny_toxicity.yaml", "configs/bert_tiny_toxicity_dendritic.yaml"),
 }
 ROOT = Path(__file__).resolve().parent.parent
-LATENCY = ["--trainer.callbacks+=finlight.callbacks.latency.LatencyProfiler",
+LATENCY = ["--trainer.callbacks+=finlight.core.callbacks.LatencyProfiler",
            "--trainer.callbacks.batch_sizes=[1, 32]", "--trainer.callbacks.iterations=50",
            "--trainer.callbacks.num_threads=1"]
 
@@ -74,7 +74,7 @@ def paired_latency(checkpoints: dict[str, str], workdir: Path, texts: list[str])
     import numpy as np
     import torch
 
-    from finlight.models.restore import restore_from_checkpoint
+    from finlight.core.restore import restore_from_checkpoint
 
     torch.set_num_threads(1)
     models = {}

@@ -73,7 +73,7 @@ def fit(name: str, seed: int, args: list[str]) -> str:
 
 
 def test_split() -> tuple[list[str], list[int]]:
-    from finlight.data import ClassificationDataModule
+    from finlight.core import ClassificationDataModule
 
     data = ClassificationDataModule(path=str(PHRASEBANK), label_names=LABELS, split_ratios=(0.8, 0.1, 0.1), seed=42)
     data.setup("test")
@@ -84,8 +84,8 @@ def evaluate(ckpt: str, texts: list[str], labels: list[int], teacher_logits=None
     import numpy as np
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
-    from finlight.losses import distillation_kl
-    from finlight.models.teacher import classify_logits, column_order, load_classifier
+    from finlight.distill.losses import distillation_kl
+    from finlight.distill.teacher import classify_logits, column_order, load_classifier
 
     model = load_classifier(ckpt)
     logits = classify_logits(model.model, model.tokenizer, texts, 128, 64)[:, column_order(model.label_names, LABELS)]
@@ -102,8 +102,8 @@ def footprint(ckpt: str, texts: list[str], folder: str) -> dict:
     """Parameters, exported size on disk, and latency per document at batch size 1 (median of 3 passes)."""
     import torch
 
-    from finlight.export import export_hf
-    from finlight.models.teacher import load_classifier
+    from finlight.deploy.export import export_hf
+    from finlight.distill.teacher import load_classifier
 
     if os.path.isdir(folder):
         shutil.rmtree(folder)
@@ -157,12 +157,12 @@ def main() -> None:
 
     # 1. teacher
     teacher_ckpt = fit("teacher", 42, [
-        "--model", "finlight.models.SequenceClassifier", *scratch_args("scratch", 192, 4, 3, 768),
+        "--model", "finlight.core.SequenceClassifier", *scratch_args("scratch", 192, 4, 3, 768),
         "--model.init_args.learning_rate", "1e-3", "--model.init_args.warmup_ratio", "0.1",
-        "--trainer.max_epochs", str(args.teacher_epochs), *data_args("finlight.data.ClassificationDataModule")])
+        "--trainer.max_epochs", str(args.teacher_epochs), *data_args("finlight.core.ClassificationDataModule")])
 
     # 2. pseudo-labels on ECT
-    from finlight.pseudo_label import pseudo_label
+    from finlight.distill.pseudo_label import pseudo_label
 
     start = time.perf_counter()
     state = pseudo_label(teacher_ckpt, [ECT_GLOB], "pseudo_labels.jsonl", limit=args.pseudo_rows, batch_size=128,
@@ -177,10 +177,10 @@ def main() -> None:
     print(f"[pseudo-label] teacher's labels on ECT: {counts}", flush=True)
 
     # 3. students
-    student = ["--model", "finlight.models.distillation.DistillationStudent", *scratch_args("scratch", 128, 2, 2, 512),
+    student = ["--model", "finlight.distill.DistillationStudent", *scratch_args("scratch", 128, 2, 2, 512),
                "--model.init_args.learning_rate", "1e-3", "--model.init_args.warmup_ratio", "0.1"]
     stage2 = [*student, "--model.init_args.loss", "ce", "--trainer.max_epochs", str(args.stage2_epochs),
-              *data_args("finlight.data.pseudo_labelled.PseudoLabelledDataModule")]
+              *data_args("finlight.distill.PseudoLabelledDataModule")]
     stage1 = {
         "CE": ["--model.init_args.loss", "ce"],
         f"KD (T={args.temperature:g})": ["--model.init_args.loss", "kd", "--model.init_args.temperature",
@@ -197,7 +197,7 @@ def main() -> None:
             tag = method.split(" ")[0].lower()
             first = fit(f"{tag}_s{seed}_stage1", seed, [*student, *extra, "--trainer.max_epochs",
                                                        str(args.stage1_epochs),
-                                                       *data_args("finlight.data.pseudo_labelled.PseudoLabelledDataModule",
+                                                       *data_args("finlight.distill.PseudoLabelledDataModule",
                                                                   pseudo="pseudo_labels.jsonl")])
             finals.setdefault(method, {})[seed] = fit(f"{tag}_s{seed}_stage2", seed,
                                                       [*stage2, "--model.init_args.init_from", first])

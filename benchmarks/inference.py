@@ -40,13 +40,13 @@ seed_everything: 42
 trainer: {{max_epochs: {epochs}, deterministic: true, enable_progress_bar: false, enable_model_summary: false,
           log_every_n_steps: 20}}
 model:
-  class_path: finlight.models.SequenceClassifier
+  class_path: finlight.core.SequenceClassifier
   init_args:
     scratch: {{hidden_size: 128, num_layers: 2, num_heads: 2, intermediate_size: 512, vocab_size: 8000}}
     learning_rate: 1.0e-3
     warmup_ratio: 0.1
 data:
-  class_path: finlight.data.ClassificationDataModule
+  class_path: finlight.core.ClassificationDataModule
   init_args: {{path: "{data}", label_names: [negative, neutral, positive], split_ratios: [0.8, 0.1, 0.1],
               max_length: {max_length}, batch_size: 32}}
 """
@@ -55,7 +55,7 @@ data:
 def train_model(data: str, epochs: int, max_length: int, workdir: Path) -> str:
     """fit (finlight CLI, in process) and export the best checkpoint as a Hugging Face directory."""
     from finlight.cli import run_cli
-    from finlight.export import export_hf
+    from finlight.deploy.export import export_hf
 
     config = workdir / "bench_bert_tiny.yaml"
     config.write_text(TRAIN_CONFIG.format(epochs=epochs, data=data, max_length=max_length))
@@ -70,7 +70,7 @@ def train_model(data: str, epochs: int, max_length: int, workdir: Path) -> str:
 
 
 def test_split(data: str, max_length: int):
-    from finlight.data import ClassificationDataModule
+    from finlight.core import ClassificationDataModule
 
     module = ClassificationDataModule(path=data, label_names=LABELS, split_ratios=(0.8, 0.1, 0.1), seed=42,
                                       max_length=max_length)
@@ -113,8 +113,8 @@ def main() -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
     from transformers.utils import logging as hf_logging
 
-    from finlight.onnx_export import export_onnx
-    from finlight.predictor import Predictor
+    from finlight.deploy.onnx import export_onnx
+    from finlight.deploy.predictor import Predictor
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()

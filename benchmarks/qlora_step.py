@@ -62,7 +62,7 @@ def run_variant(variant: str, path: str, args) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from finlight.models.adapters import (LLAMA_PROJECTIONS, LoraOptions, QuantizationOptions, apply_adapters,
+    from finlight.core.adapters import (LLAMA_PROJECTIONS, LoraOptions, QuantizationOptions, apply_adapters,
                                           quantized_load_kwargs)
 
     import bitsandbytes  # noqa: F401  every variant imports the same code before the baseline is taken

@@ -103,7 +103,7 @@ def run_one(config_path: str, variant: str, seed: int, epochs: int, target_layer
 
 
 def summarize(runs: list[dict]) -> list[dict]:
-    from finlight.report import mean_std
+    from finlight.report.compare import mean_std
 
     rows = []
     for variant in dict.fromkeys(r["variant"] for r in runs):
@@ -147,7 +147,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     import yaml
 
     from compression_report import test_split
-    from finlight.report import build_report
+    from finlight.report.compare import build_report
 
     torch.set_num_threads(1)
     with open(args.config, encoding="utf-8") as handle:

@@ -8,7 +8,7 @@ measured against the naive reference in the same run: random batches padded to `
 
 Inference is timed on the same longest-first, dynamically padded batches three ways: the torch model (what
 ``python -m finlight test/predict`` runs), the ONNX Runtime graph that ``python -m finlight export-onnx`` writes
-(fp32, fused), and end to end through `finlight.predictor.Predictor` on that graph (texts in, tokenization
+(fp32, fused), and end to end through `finlight.deploy.predictor.Predictor` on that graph (texts in, tokenization
 included). The naive reference is the torch model on random batches padded to ``max_length``.
 """
 
@@ -17,16 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from finlight.data import ClassificationDataModule
-from finlight.data.tokenization import LengthGroupedSampler, PaddingCollator, SortedSampler, padding_efficiency
-from finlight.models.backbone import ScratchConfig, build_from_scratch
+from finlight.core import ClassificationDataModule
+from finlight.core.data.tokenization import LengthGroupedSampler, PaddingCollator, SortedSampler, padding_efficiency
+from finlight.core.backbone import ScratchConfig, build_from_scratch
+
+from _timing import items_per_second  # benchmarks/_timing.py
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/financial_phrasebank/Sentences_AllAgree.txt"
 
@@ -50,43 +51,40 @@ def batches_of(sampler_order, batch_size):
 
 
 def time_inference(model, loader, repeats: int) -> float:
+    """Samples/s of ``repeats`` passes over ``loader`` (collation included), after one warm-up pass."""
     model.eval()
-    n = 0
-    with torch.inference_mode():
-        for batch in loader:  # warm-up pass
+
+    def one_pass() -> int:
+        n = 0
+        for batch in loader:
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        start = time.perf_counter()
-        for _ in range(repeats):
-            for batch in loader:
-                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-                n += len(batch["input_ids"])
-    return n / (time.perf_counter() - start)
+            n += len(batch["input_ids"])
+        return n
+
+    with torch.inference_mode():
+        return items_per_second(one_pass, repeats, warmup=1)
 
 
 def time_onnx(session, batches, repeats: int) -> float:
     """ORT on the same batches as numpy arrays (collation done before timing, as for the torch loaders' reuse)."""
     feeds = [{"input_ids": b["input_ids"].numpy(), "attention_mask": b["attention_mask"].numpy()} for b in batches]
-    for feed in feeds:  # warm-up pass
-        session.run(["logits"], feed)
-    n, start = 0, time.perf_counter()
-    for _ in range(repeats):
+
+    def one_pass() -> int:
         for feed in feeds:
             session.run(["logits"], feed)
-            n += len(feed["input_ids"])
-    return n / (time.perf_counter() - start)
+        return sum(len(feed["input_ids"]) for feed in feeds)
+
+    return items_per_second(one_pass, repeats, warmup=1)
 
 
 def time_predictor(predictor, texts, repeats: int) -> float:
     predictor.predict_proba(texts[:64])  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        predictor.predict_proba(texts)
-    return repeats * len(texts) / (time.perf_counter() - start)
+    return items_per_second(lambda: len(predictor.predict_proba(texts)), repeats)
 
 
 def onnx_export_of(model, tokenizer, max_length: int, workdir: str) -> str:
     """``export-onnx``'s artefact for this model: save it as a Hugging Face folder, export (checked vs torch)."""
-    from finlight.onnx_export import export_onnx
+    from finlight.deploy.onnx import export_onnx
 
     model.save_pretrained(f"{workdir}/hf")
     tokenizer.save_pretrained(f"{workdir}/hf")
@@ -95,24 +93,25 @@ def onnx_export_of(model, tokenizer, max_length: int, workdir: str) -> str:
 
 
 def time_training(model, loader, steps: int) -> float:
+    """Samples/s of ``steps`` optimizer steps (fetching the batch included), after 3 warm-up steps."""
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    n, step = 0, 0
-    start = None
-    while step < steps + 3:
-        for batch in loader:
-            if step == 3:
-                start = time.perf_counter()  # after 3 warm-up steps
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-            out.loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if step > 3:
-                n += len(batch["input_ids"])
-            if step >= steps + 3:
-                break
-    return n / (time.perf_counter() - start)
+
+    def forever():
+        while True:
+            yield from loader
+
+    batches = forever()
+
+    def step() -> int:
+        batch = next(batches)
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return len(batch["input_ids"])
+
+    return items_per_second(step, steps, warmup=3)
 
 
 def main() -> None:
@@ -148,7 +147,7 @@ def main() -> None:
     eff = {"length_grouped": padding_efficiency(lengths, grouped), "random_dynamic": padding_efficiency(lengths, random_order),
            "random_fixed_max_length": fixed_eff}
 
-    from finlight.data.tokenization import EncodedDataset, encode_texts
+    from finlight.core.data.tokenization import EncodedDataset, encode_texts
 
     all_ids, _ = encode_texts(tokenizer, texts, args.max_length)
     everything = EncodedDataset(all_ids, [0] * len(all_ids))
@@ -166,7 +165,7 @@ def main() -> None:
 
         import onnxruntime as ort
 
-        from finlight.predictor import Predictor
+        from finlight.deploy.predictor import Predictor
 
         with tempfile.TemporaryDirectory() as workdir:
             onnx_dir = onnx_export_of(model, tokenizer, args.max_length, workdir)

@@ -21,9 +21,9 @@ from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from finlight.callbacks import EvaluationReport, PredictionWriter, RunCheckpoint
-from finlight.callbacks.rng_state import RNGState
-from finlight.checkpoints import check_finlight_checkpoint, resolve_checkpoint_alias
+from finlight.core.callbacks import EvaluationReport, PredictionWriter, RunCheckpoint
+from finlight.core.callbacks.rng_state import RNGState
+from finlight.core.checkpoints import check_finlight_checkpoint, resolve_checkpoint_alias
 from finlight.errors import FinlightError
 
 DEFAULT_LOGGER = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -140,12 +140,13 @@ def _configure_logging() -> None:
 
 # Commands beside Lightning's fit/validate/test/predict: name → "module:function(argv)".
 EXTRA_COMMANDS = {
-    "export": "finlight.export:export_main",
-    "pseudo-label": "finlight.pseudo_label:pseudo_label_main",
-    "report": "finlight.report:report_main",
-    "seeds": "finlight.seeds:seeds_main",
-    "export-onnx": "finlight.onnx_export:export_onnx_main",
-    "quantize": "finlight.compression:quantize_main",
+    "export": "finlight.deploy.export:export_main",
+    "pseudo-label": "finlight.distill.pseudo_label:pseudo_label_main",
+    "report": "finlight.report.compare:report_main",
+    "seeds": "finlight.report.seeds:seeds_main",
+    "export-onnx": "finlight.deploy.onnx:export_onnx_main",
+    "quantize": "finlight.quantize.ptq:quantize_main",
+    "models": "finlight.core.pretrained:models_main",
 }
 
 
@@ -157,17 +158,32 @@ def run_cli(args: Optional[list[str]] = None, **kwargs) -> FinlightCLI:
         None, None,
         subclass_mode_model=True, subclass_mode_data=True,
         seed_everything_default=42,
-        trainer_defaults={"logger": DEFAULT_LOGGER, "plugins": [{"class_path": "finlight.checkpoints.AtomicCheckpointIO"}]},
+        trainer_defaults={"logger": DEFAULT_LOGGER, "plugins": [{"class_path": "finlight.core.checkpoints.AtomicCheckpointIO"}]},
         parser_kwargs={"default_env": False, "allow_abbrev": False, "exit_on_error": False},
         save_config_kwargs={"overwrite": True},  # only a resumed run writes into an existing folder
         args=args, **kwargs,
     )
 
 
+def refuse_old_paths(argv: list[str]) -> None:
+    """A config or argument naming a module path of the old layout: one line with the new path."""
+    from finlight.moved import hint_for
+
+    for i, arg in enumerate(argv):
+        texts = [(arg, "argument")]
+        if i > 0 and argv[i - 1] == "--config" and Path(arg).is_file():
+            texts.append((Path(arg).read_text(errors="replace"), arg))
+        for text, where in texts:
+            hint = hint_for(text)
+            if hint:
+                raise FinlightError(f"{where}: {hint}")
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     given = argv
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        refuse_old_paths(argv)
         if argv[:1] and argv[0] in EXTRA_COMMANDS:
             module, function = EXTRA_COMMANDS[argv[0]].split(":")
             _configure_logging()

@@ -83,7 +83,7 @@ def tiny_hf_dir(tmp_path_factory) -> Path:
     """A tiny BERT classifier saved like a hub download, with a head in ProsusAI/finbert's label order."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    from finlight.data.tokenization import train_wordpiece_tokenizer
+    from finlight.core.data.tokenization import train_wordpiece_tokenizer
 
     path = tmp_path_factory.mktemp("tiny_bert")
     texts = [t for ts in SENTENCES.values() for t in ts] * 3
@@ -115,10 +115,10 @@ def binary_run_config(in_tmp):
         text = ("seed_everything: 7\n"
                 f"trainer:\n  max_epochs: {max_epochs}\n  deterministic: true\n  enable_progress_bar: false\n"
                 "  enable_model_summary: false\n  log_every_n_steps: 1\n" + trainer_yaml +
-                "model:\n  class_path: finlight.models.SequenceClassifier\n  init_args:\n"
+                "model:\n  class_path: finlight.core.SequenceClassifier\n  init_args:\n"
                 "    scratch: {hidden_size: 32, num_layers: 1, num_heads: 2, intermediate_size: 64, vocab_size: 400}\n"
                 "    learning_rate: 3.0e-3\n"
-                "data:\n  class_path: finlight.data.ClassificationDataModule\n  init_args:\n"
+                "data:\n  class_path: finlight.core.ClassificationDataModule\n  init_args:\n"
                 "    path: binary.csv\n    label_names: [ok, toxic]\n    split_ratios: [0.5, 0.25, 0.25]\n"
                 "    max_length: 32\n    batch_size: 8\n" + extra_yaml)
         path = in_tmp / f"{name}.yaml"

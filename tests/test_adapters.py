@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from finlight.errors import FinlightError
-from finlight.models import SequenceClassifier
-from finlight.models.adapters import (LoraOptions, QuantizationOptions, apply_adapters, as_options,
+from finlight.core import SequenceClassifier
+from finlight.core.adapters import (LoraOptions, QuantizationOptions, apply_adapters, as_options,
                                       check_adapter_state, is_checkpointing, keep_in_place, quantized_load_kwargs,
                                       trainable_state_dict, validate_options)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from finlight.errors import FinlightError
-from finlight.models.backbone import ScratchConfig, backbone_state, build_from_scratch, load_pretrained, rebuild_backbone
+from finlight.core.backbone import ScratchConfig, backbone_state, build_from_scratch, load_pretrained, rebuild_backbone
 
 from conftest import SENTENCES
 
@@ -46,7 +46,7 @@ def test_unreachable_hub_id_fails_fast_and_says_what_to_do(monkeypatch):
 def test_decoder_backbone_gets_a_pad_token(tmp_path):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from finlight.data.tokenization import train_wordpiece_tokenizer
+    from finlight.core.data.tokenization import train_wordpiece_tokenizer
 
     tokenizer = train_wordpiece_tokenizer(TEXTS, vocab_size=200)
     tokenizer.pad_token = None
@@ -82,7 +82,7 @@ def test_scratch_config_is_checked():
 
 
 def test_a_module_built_in_python_saves_plain_hparams(tmp_path):
-    from finlight.models import SequenceClassifier
+    from finlight.core import SequenceClassifier
 
     module = SequenceClassifier(scratch=ScratchConfig(hidden_size=32, num_layers=1, num_heads=2), label_names=["a", "b"])
     assert module.hparams["scratch"]["hidden_size"] == 32 and module.scratch.hidden_size == 32
@@ -95,7 +95,7 @@ def test_a_head_of_the_wrong_width_is_refused_at_load_time():
     loading): the mismatch must be named at load time, not surface as a shape error inside the loss."""
     from transformers import BertConfig, BertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
 
-    from finlight.models.backbone import _check_head, head_classes
+    from finlight.core.backbone import _check_head, head_classes
 
     small = dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
     bert = BertForSequenceClassification(BertConfig(num_labels=3, **small))

@@ -11,10 +11,10 @@ import torch
 import yaml
 
 from finlight.cli import run_cli
-from finlight.data.instruction import IGNORE_INDEX, InstructionCollator, InstructionDataModule, PromptRenderer
-from finlight.export import export_hf
-from finlight.models.adapters import is_checkpointing
-from finlight.models.causal_lm import CausalLMClassifier
+from finlight.causal_lm.data import IGNORE_INDEX, InstructionCollator, InstructionDataModule, PromptRenderer
+from finlight.deploy.export import export_hf
+from finlight.core.adapters import is_checkpointing
+from finlight.causal_lm.classifier import CausalLMClassifier
 
 import conftest
 from conftest import PHRASEBANK_ALL, SENTENCES, labelled_rows
@@ -216,7 +216,7 @@ def lora_fit(in_tmp: Path, llama_dir: Path, name: str, **model_args):
 
 
 def reload(checkpoint_path: str, llama_dir: Path, **model_args) -> CausalLMClassifier:
-    from finlight.checkpoints import load_checkpoint
+    from finlight.core.checkpoints import load_checkpoint
 
     checkpoint = load_checkpoint(checkpoint_path)  # weights_only: plain data and tensors only
     fresh = CausalLMClassifier(backbone=str(llama_dir), **model_args)
@@ -376,11 +376,11 @@ def test_scratch_causal_lm_on_phrasebank_reports_macro_f1_and_unparseable_rate(i
         "seed_everything": 42,
         "trainer": {"max_epochs": 1, "limit_train_batches": 60, "limit_val_batches": 4, "limit_test_batches": 4,
                     "enable_progress_bar": False, "enable_model_summary": False, "deterministic": True},
-        "model": {"class_path": "finlight.models.causal_lm.CausalLMClassifier", "init_args": {
+        "model": {"class_path": "finlight.causal_lm.CausalLMClassifier", "init_args": {
             "scratch": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1,
                         "intermediate_size": 64, "vocab_size": 1500},
             "learning_rate": 3e-3, "evaluation": "generate"}},
-        "data": {"class_path": "finlight.data.instruction.InstructionDataModule", "init_args": {
+        "data": {"class_path": "finlight.causal_lm.InstructionDataModule", "init_args": {
             "path": str(PHRASEBANK_ALL), "label_names": ["negative", "neutral", "positive"],
             "max_length": 96, "batch_size": 16, "eval_batch_size": 32}},
     }
@@ -397,12 +397,12 @@ def test_scratch_causal_lm_on_phrasebank_reports_macro_f1_and_unparseable_rate(i
 def test_a_plain_classification_data_module_is_refused_with_a_pointer(in_tmp, tiny_llama_dir):
     import lightning.pytorch as pl
 
-    from finlight.data import ClassificationDataModule
+    from finlight.core import ClassificationDataModule
     from finlight.errors import FinlightError
 
     dm = ClassificationDataModule(path=write_csv(in_tmp / "d.csv"), text_column="Sentence", label_column="Sentiment")
     trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=1)
-    with pytest.raises(FinlightError, match="finlight.data.instruction.InstructionDataModule"):
+    with pytest.raises(FinlightError, match="finlight.causal_lm.InstructionDataModule"):
         trainer.validate(CausalLMClassifier(backbone=str(tiny_llama_dir)), datamodule=dm, verbose=False)
 
 

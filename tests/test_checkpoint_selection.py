@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from finlight.checkpoint_selection import (Architecture, Candidate, architecture_of_config, candidates_from_callback,
+from finlight.prune.checkpoint_selection import (Architecture, Candidate, architecture_of_config, candidates_from_callback,
                                            select_checkpoint)
 from finlight.errors import FinlightError
 
@@ -85,7 +85,7 @@ def test_candidates_from_callback_state_read_depth_and_match_last_to_its_step(tm
 
 
 def test_report_reads_runs_with_and_without_a_recorded_selection(in_tmp):
-    from finlight.report import build_report
+    from finlight.report.compare import build_report
     from test_report import _write_run
 
     _write_run("logs/a/version_0", 1, {"test/macro_f1": 0.7}, [0] * 10)  # tested before selections were recorded
@@ -125,7 +125,7 @@ def _drop_config(folder) -> str:
 
     scratch = {"hidden_size": 32, "num_layers": 3, "num_heads": 2, "intermediate_size": 64, "vocab_size": 600,
                "max_position_embeddings": 128}
-    callbacks = [{"class_path": "finlight.callbacks.layer_drop.SuccessiveLayerDrop",
+    callbacks = [{"class_path": "finlight.prune.SuccessiveLayerDrop",
                   "init_args": {"every_n_epochs": 1, "target_layers": 1, "calibration_examples": 16,
                                 "method": "block_influence", "tolerance": 1.0}},
                  {"class_path": "test_checkpoint_selection.ScriptedScore", "init_args": {"values": PROBE}}]
@@ -143,7 +143,7 @@ def _seeds(config, select, capsys):
 
 def test_seeds_select_final_depth_tests_the_pruned_model(in_tmp, one_thread, capsys):
     from finlight.cli import run_cli
-    from finlight.report import build_report
+    from finlight.report.compare import build_report
 
     config = _drop_config(in_tmp)
     out = _seeds(config, "final_depth", capsys)

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from finlight.checkpoints import AtomicCheckpointIO, check_finlight_checkpoint, load_checkpoint, resolve_checkpoint_alias
+from finlight.core.checkpoints import AtomicCheckpointIO, check_finlight_checkpoint, load_checkpoint, resolve_checkpoint_alias
 from finlight.errors import FinlightError
 
 

@@ -20,11 +20,11 @@ def tiny_config(folder: Path, name: str = "tiny", model: dict | None = None, dat
         "seed_everything": 7,
         "trainer": {"max_epochs": 2, "deterministic": True, "enable_progress_bar": False,
                     "enable_model_summary": False, "log_every_n_steps": 5, **(trainer or {})},
-        "model": {"class_path": "finlight.models.SequenceClassifier", "init_args": model or {
+        "model": {"class_path": "finlight.core.SequenceClassifier", "init_args": model or {
             "scratch": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64,
                         "vocab_size": 600, "max_position_embeddings": 128},
             "learning_rate": 3e-3, "warmup_ratio": 0.1}},
-        "data": {"class_path": "finlight.data.ClassificationDataModule", "init_args": data or {
+        "data": {"class_path": "finlight.core.ClassificationDataModule", "init_args": data or {
             "path": "demo", "label_names": ["negative", "neutral", "positive"], "max_length": 48,
             "batch_size": 32}},
     }

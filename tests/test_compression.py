@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import write_labelled_csv
 
-from finlight.quantize import count_linear, dynamic_int8, saved_size_bytes
+from finlight.quantize.dynamic_int8 import count_linear, dynamic_int8, saved_size_bytes
 
 
 def tiny_bert():
@@ -50,7 +50,7 @@ def test_report_end_to_end(in_tmp, tiny_hf_dir, monkeypatch, request):
 
     write_labelled_csv("data.csv", 3)
     (in_tmp / "run.yaml").write_text(
-        "data:\n  class_path: finlight.data.ClassificationDataModule\n  init_args:\n    path: data.csv\n"
+        "data:\n  class_path: finlight.core.ClassificationDataModule\n  init_args:\n    path: data.csv\n"
         "    label_names: [negative, neutral, positive]\n    split_ratios: [0.5, 0.25, 0.25]\n    max_length: 32\n")
     rows = main(["--config", "run.yaml", "--variant", f"tiny={tiny_hf_dir}", "--int8", "tiny", "--bnb8", "tiny",
                  "--gpu_variant", "llama_qlora=exports/none", "--out", "report", "--threads", "1", "--device", "cpu",

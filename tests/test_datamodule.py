@@ -3,8 +3,8 @@
 
 import pytest
 
-from finlight.data import ClassificationDataModule
-from finlight.data.tokenization import train_wordpiece_tokenizer
+from finlight.core import ClassificationDataModule
+from finlight.core.data.tokenization import train_wordpiece_tokenizer
 from finlight.errors import FinlightError
 
 from conftest import labelled_rows

@@ -11,7 +11,7 @@ import yaml
 
 pytest.importorskip("perforatedai", reason="the dendrites extra is not installed")
 
-from finlight.dendrites import (DendriteOptions, dendrite_count, pai_guard, perforate, preflight,  # noqa: E402
+from finlight.dendrites.perforate import (DendriteOptions, dendrite_count, pai_guard, perforate, preflight,  # noqa: E402
                                 probe_output_ranks, select_modules)
 from finlight.errors import FinlightError  # noqa: E402
 
@@ -123,7 +123,7 @@ def dendritic_config(folder: Path, max_epochs: int = 6) -> str:
     path = Path(tiny_config(folder, name="dendritic", trainer={"max_epochs": max_epochs, "limit_train_batches": 3,
                                                                     "log_every_n_steps": 1}))
     config = yaml.safe_load(path.read_text())
-    config["model"] = {"class_path": "finlight.models.dendritic.DendriticClassifier", "init_args": {
+    config["model"] = {"class_path": "finlight.dendrites.DendriticClassifier", "init_args": {
         "scratch": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64,
                     "vocab_size": 600, "max_position_embeddings": 128},
         "learning_rate": 3e-3, "dendrites": {"smoke_test": True}}}
@@ -134,7 +134,7 @@ def dendritic_config(folder: Path, max_epochs: int = 6) -> str:
 def test_fit_restructures_stops_resumes_and_checkpoints_rebuild_exactly(in_tmp):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from finlight.callbacks.pai_tracker import PAITracker, optimizer_parameter_ids
+    from finlight.dendrites.tracker import PAITracker, optimizer_parameter_ids
     from finlight.cli import run_cli
 
     config = dendritic_config(in_tmp)

@@ -9,9 +9,9 @@ import yaml
 pytest.importorskip("perforatedai", reason="the dendrites extra is not installed")
 pytest.importorskip("peft", reason="the lora extra is not installed")
 
-from finlight.dendrites import DendriteOptions, adapter_state_dict, dendrite_count, select_modules  # noqa: E402
+from finlight.dendrites.perforate import DendriteOptions, adapter_state_dict, dendrite_count, select_modules  # noqa: E402
 from finlight.errors import FinlightError  # noqa: E402
-from finlight.models.adapters import LoraOptions, QuantizationOptions, apply_adapters  # noqa: E402
+from finlight.core.adapters import LoraOptions, QuantizationOptions, apply_adapters  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LAYER = "base_model.model.model.layers.0."
@@ -24,7 +24,7 @@ def tiny_phi_dir(tmp_path_factory) -> Path:
     from conftest import SENTENCES
     from transformers import PhiConfig, PhiForSequenceClassification
 
-    from finlight.data.tokenization import train_wordpiece_tokenizer
+    from finlight.core.data.tokenization import train_wordpiece_tokenizer
 
     path = tmp_path_factory.mktemp("tiny_phi")
     tokenizer = train_wordpiece_tokenizer([t for ts in SENTENCES.values() for t in ts] * 3, vocab_size=400)
@@ -42,7 +42,7 @@ def tiny_phi_dir(tmp_path_factory) -> Path:
 def lora_phi(path: Path, quantization=None):
     from transformers import AutoModelForSequenceClassification
 
-    from finlight.models.adapters import SEQUENCE_HEADS, quantized_load_kwargs
+    from finlight.core.adapters import SEQUENCE_HEADS, quantized_load_kwargs
 
     kwargs = quantized_load_kwargs(quantization, torch.device("cpu"), SEQUENCE_HEADS) if quantization else {}
     model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32, **kwargs)
@@ -65,7 +65,7 @@ def test_lora_layers_are_units_and_frozen_or_8bit_layers_are_refused(tiny_phi_di
 
 
 def test_8bit_dendritic_classifier_is_refused_at_construction():
-    from finlight.models.dendritic import DendriticClassifier
+    from finlight.dendrites.classifier import DendriticClassifier
 
     with pytest.raises(FinlightError, match="bits: 8 is not possible"):
         DendriticClassifier(backbone="some/model", quantization={"bits": 8}, lora={"r": 4})
@@ -98,7 +98,7 @@ def phi_config(folder: Path, phi_dir: Path, quantization: dict | None, name: str
     path = Path(tiny_config(folder, name=name, trainer={"max_epochs": 4, "limit_train_batches": 2,
                                                         "limit_val_batches": 2}))
     config = yaml.safe_load(path.read_text())
-    config["model"] = {"class_path": "finlight.models.dendritic.DendriticClassifier", "init_args": model}
+    config["model"] = {"class_path": "finlight.dendrites.DendriticClassifier", "init_args": model}
     config["data"]["init_args"].update(batch_size=8, class_weights="balanced")
     path.write_text(f"# python -m finlight fit --config {path.name}\n" + yaml.safe_dump(config))
     return str(path)
@@ -109,7 +109,7 @@ def phi_config(folder: Path, phi_dir: Path, quantization: dict | None, name: str
 def test_lora_and_nf4_backbones_get_dendrites_and_checkpoints_rebuild(in_tmp, tiny_phi_dir, quantization):
     """Phi seq-cls + LoRA (+ NF4 base) + class weights: dendrites are added on the LoRA layers, the optimizer
     follows, and validate from the (adapter-only) last checkpoint reproduces the final metrics."""
-    from finlight.callbacks.pai_tracker import PAITracker, optimizer_parameter_ids
+    from finlight.dendrites.tracker import PAITracker, optimizer_parameter_ids
     from finlight.cli import run_cli
 
     config = phi_config(in_tmp, tiny_phi_dir, quantization, "phi")
@@ -135,7 +135,7 @@ def test_ddp_is_refused_before_anything_is_built():
     """A 2-process DDP trainer, never launched: setup raises before it loads or perforates anything."""
     import lightning.pytorch as pl
 
-    from finlight.models.dendritic import DendriticClassifier
+    from finlight.dendrites.classifier import DendriticClassifier
 
     trainer = pl.Trainer(accelerator="cpu", strategy="ddp", devices=2, logger=False, enable_checkpointing=False)
     module = DendriticClassifier(scratch={"hidden_size": 32, "num_layers": 1, "num_heads": 2,

@@ -17,10 +17,10 @@ def test_onnx_export_of_a_dendritic_checkpoint_matches_the_lightning_model(in_tm
     from test_dendrites import dendritic_config
 
     from finlight.cli import run_cli
-    from finlight.dendrites import dendrite_count
-    from finlight.export import export_hf
-    from finlight.models.restore import restore_from_checkpoint
-    from finlight.onnx_export import _encode, _session, export_onnx
+    from finlight.dendrites.perforate import dendrite_count
+    from finlight.deploy.export import export_hf
+    from finlight.core.restore import restore_from_checkpoint
+    from finlight.deploy.onnx import _encode, _session, export_onnx
 
     # smoke mode: switches after epochs 0, 1, 2; epoch 3 trains the third set and its checkpoint is the last
     fit = run_cli(["fit", "--config", dendritic_config(in_tmp, max_epochs=4)])

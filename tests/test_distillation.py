@@ -9,10 +9,11 @@ import torch
 
 from finlight.cli import run_cli
 from finlight.errors import FinlightError
-from finlight.losses import distillation_kl, kd_loss, patient_kd_loss, weighted_cross_entropy
-from finlight.models.distillation import DistillationStudent, pkd_layer_map
-from finlight.models.teacher import classify_logits, load_classifier
-from finlight.pseudo_label import pseudo_label
+from finlight.core.losses import weighted_cross_entropy
+from finlight.distill.losses import distillation_kl, kd_loss, patient_kd_loss
+from finlight.distill.student import DistillationStudent, pkd_layer_map
+from finlight.distill.teacher import classify_logits, load_classifier
+from finlight.distill.pseudo_label import pseudo_label
 
 from conftest import SENTENCES, write_labelled_csv
 
@@ -93,11 +94,11 @@ def student_args(name: str, hidden: int = 16, epochs: int = 1, pseudo: bool = Tr
     args = ["--seed_everything", "3", "--experiment", name, "--trainer.max_epochs", str(epochs),
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--trainer.log_every_n_steps", "2", "--report.write_png", "false",
-            "--model", "finlight.models.distillation.DistillationStudent",
+            "--model", "finlight.distill.DistillationStudent",
             f"{s}.hidden_size", str(hidden), f"{s}.num_layers", "2", f"{s}.num_heads", "2",
             f"{s}.intermediate_size", "32", f"{s}.vocab_size", "300", f"{s}.max_position_embeddings", "64",
             "--model.init_args.learning_rate", "3e-3",
-            "--data", "finlight.data.pseudo_labelled.PseudoLabelledDataModule",
+            "--data", "finlight.distill.PseudoLabelledDataModule",
             "--data.init_args.path", "labelled.csv", "--data.init_args.label_names", "[negative, neutral, positive]",
             "--data.init_args.batch_size", "16", "--data.init_args.max_length", "32"]
     return args + (["--data.init_args.pseudo_label_path", "pl.jsonl"] if pseudo else [])

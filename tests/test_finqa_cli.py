@@ -74,11 +74,11 @@ def test_scratch_decoder_learns_the_program_and_is_scored_by_executing_it(in_tmp
                     "enable_model_summary": False, "log_every_n_steps": 1, "num_sanity_val_steps": 0},
         "checkpoint": {"monitor": "val/exec_acc", "mode": "max"},  # files named after the monitor by default
         "report": {"write_predictions": False},
-        "model": {"class_path": "finlight.models.finqa_generator.FinQAGenerator", "init_args": {
+        "model": {"class_path": "finlight.finqa.FinQAGenerator", "init_args": {
             "scratch": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1,
                         "intermediate_size": 64, "vocab_size": 300},
             "learning_rate": 1e-2, "warmup_ratio": 0.0, "max_new_tokens": 12}},
-        "data": {"class_path": "finlight.data.finqa.FinQADataModule", "init_args": {
+        "data": {"class_path": "finlight.finqa.FinQADataModule", "init_args": {
             "train_path": data["train"], "val_path": data["eval"], "test_path": data["eval"],
             "context_tokens": 24, "batch_size": 8}},
     }
@@ -108,7 +108,7 @@ def test_scratch_decoder_learns_the_program_and_is_scored_by_executing_it(in_tmp
 
 
 def test_qlora_config_fits_tests_predicts_and_exports_on_a_tiny_llama(in_tmp, tiny_llama_dir):
-    from finlight.export import export_hf
+    from finlight.deploy.export import export_hf
 
     data = write_data(in_tmp)
     config = swapped_config(in_tmp, "finqa_llama32_qlora.yaml", {
@@ -140,7 +140,7 @@ def test_qlora_config_fits_tests_predicts_and_exports_on_a_tiny_llama(in_tmp, ti
 def test_eval_config_scores_a_layer_dropped_directory(in_tmp, tiny_llama_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from finlight.surgery import drop_layers
+    from finlight.prune.surgery import drop_layers
 
     pruned_dir = in_tmp / "pruned"
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
@@ -197,10 +197,10 @@ def test_shipped_finqa_subsets_run_through_fit_and_test(in_tmp):
                     "num_sanity_val_steps": 0, "enable_progress_bar": False, "enable_model_summary": False},
         "checkpoint": {"monitor": "val/exec_acc", "mode": "max", "filename": "epoch{epoch:02d}"},
         "report": {"write_predictions": False},
-        "model": {"class_path": "finlight.models.finqa_generator.FinQAGenerator", "init_args": {
+        "model": {"class_path": "finlight.finqa.FinQAGenerator", "init_args": {
             "scratch": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1,
                         "intermediate_size": 64, "vocab_size": 1500}, "max_new_tokens": 8}},
-        "data": {"class_path": "finlight.data.finqa.FinQADataModule", "init_args": {
+        "data": {"class_path": "finlight.finqa.FinQADataModule", "init_args": {
             "train_path": str(folder / "train_100.json"), "val_path": str(folder / "dev_200.json"),
             "test_path": str(folder / "test_500_simplified.json"), "context_tokens": 48, "batch_size": 8,
             "eval_batch_size": 8}},

@@ -3,8 +3,8 @@ FinQA metrics on constructed predictions with hand-computed scores."""
 
 import pytest
 
-from finlight.data.finqa import FinQADataModule
-from finlight.data.instruction import IGNORE_INDEX
+from finlight.finqa.data import FinQADataModule
+from finlight.causal_lm.data import IGNORE_INDEX
 from finlight.errors import FinlightError
 from finlight.finqa.metrics import (parse_answer_value, programs_equivalent, score_prediction, summarize,
                                     values_match)

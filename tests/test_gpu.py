@@ -92,7 +92,7 @@ def test_layer_drop_on_gpu_optimizes_cuda_parameters_and_reloads(in_tmp):
 def test_latency_profile_on_gpu_reports_cuda_memory(tiny_hf_dir):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from finlight.callbacks.latency import profile_model
+    from finlight.core.callbacks.latency import profile_model
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_hf_dir).cuda()
     tokenizer = AutoTokenizer.from_pretrained(tiny_hf_dir)
@@ -105,7 +105,7 @@ def test_latency_profile_on_gpu_reports_cuda_memory(tiny_hf_dir):
 
 
 def test_predictor_on_cuda_equals_cpu(tiny_hf_dir):
-    from finlight.predictor import Predictor
+    from finlight.deploy.predictor import Predictor
 
     texts = ["Operating profit rose to EUR 13.1 mn.", "Net sales decreased.", "The company is based in Espoo."]
     cpu = Predictor.load(str(tiny_hf_dir), backend="torch", device="cpu").predict_proba(texts)
@@ -115,7 +115,7 @@ def test_predictor_on_cuda_equals_cpu(tiny_hf_dir):
 
 
 def test_distillation_teacher_follows_the_student_to_the_gpu(tiny_hf_dir, in_tmp):
-    from finlight.pseudo_label import pseudo_label
+    from finlight.distill.pseudo_label import pseudo_label
     from test_distillation import student_args, write_data
 
     write_data(in_tmp)
@@ -152,7 +152,7 @@ def test_quantized_lora_sequence_classifier_fits_and_retests_on_gpu(in_tmp, tiny
 
 def test_dendritic_fit_restructures_on_gpu(in_tmp):
     pytest.importorskip("perforatedai")
-    from finlight.callbacks.pai_tracker import PAITracker, optimizer_parameter_ids
+    from finlight.dendrites.tracker import PAITracker, optimizer_parameter_ids
     from test_dendrites import dendritic_config
 
     fit = run_cli(["fit", "--config", dendritic_config(in_tmp), "--trainer.accelerator", "gpu",
@@ -172,7 +172,7 @@ def test_dendritic_fit_restructures_on_gpu(in_tmp):
 def test_layer_drop_snapshot_waits_in_cpu_memory_and_a_revert_restores_it_to_the_gpu(in_tmp):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from finlight.callbacks.layer_drop import offloaded_copy
+    from finlight.prune.layer_drop import offloaded_copy
     from test_layer_drop import ProbeMetric, drop_config  # noqa: F401  (ProbeMetric: class_path below)
 
     model = LlamaForCausalLM(LlamaConfig(vocab_size=1000, hidden_size=256, intermediate_size=512,
@@ -193,7 +193,7 @@ def test_layer_drop_snapshot_waits_in_cpu_memory_and_a_revert_restores_it_to_the
 def test_sublayer_pruned_decoder_on_gpu_and_in_4bit_keeps_its_kv_cache_exact(tmp_path):
     """Attention of layer 0 and MLP of layer 2 removed: on the GPU the KV cache gives the full forward's
     logits; saved and reloaded in 4-bit on the GPU with no missing key, cached == uncached generation."""
-    from finlight.surgery import RemovedAttention, layer_list
+    from finlight.prune.surgery import RemovedAttention, layer_list
     from test_sublayer_surgery import cache_gap, load_4bit, save_pruned_llama
 
     model = save_pruned_llama(tmp_path, hidden=128)

@@ -6,7 +6,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from finlight.importance import (ablation_scores, angular_distance, angular_distances, block_influence,
+from finlight.prune.importance import (ablation_scores, angular_distance, angular_distances, block_influence,
                                  block_influences, least_important, token_cosines, weighted_mean)
 
 

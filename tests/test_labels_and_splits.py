@@ -4,10 +4,10 @@ from collections import Counter
 
 import pytest
 
-from finlight.data.cleaning import clean_text, find_duplicates, resolve_duplicates
-from finlight.data.labels import LabelSpace
-from finlight.data.splits import grouped_stratified_split
-from finlight.data.sources import read_records
+from finlight.core.data.cleaning import clean_text, find_duplicates, resolve_duplicates
+from finlight.core.data.labels import LabelSpace
+from finlight.core.data.splits import grouped_stratified_split
+from finlight.core.data.sources import read_records
 from finlight.errors import FinlightError
 
 from conftest import KAGGLE_CSV

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import SENTENCES
-from finlight.callbacks.latency import latency_summary, model_footprint, profile_model, speedups, time_calls
+from finlight.core.callbacks.latency import latency_summary, model_footprint, profile_model, speedups, time_calls
 from finlight.errors import FinlightError
 
 TEXTS = [t for ts in SENTENCES.values() for t in ts]
@@ -83,7 +83,7 @@ def test_callback_after_test_writes_json_tensorboard_and_reference_speedup(binar
     from finlight.cli import run_cli
 
     config = binary_run_config(
-        trainer_yaml="  callbacks:\n  - class_path: finlight.callbacks.latency.LatencyProfiler\n"
+        trainer_yaml="  callbacks:\n  - class_path: finlight.core.callbacks.LatencyProfiler\n"
                      f"    init_args: {{batch_sizes: [1, 4], warmup: 1, iterations: 4, num_threads: 1, "
                      f"reference: {tiny_hf_dir}}}\n", max_epochs=1)
     run_cli(["fit", "--config", config])

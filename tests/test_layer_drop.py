@@ -7,7 +7,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from finlight.callbacks.layer_drop import SuccessiveLayerDrop, calibration_metric, hidden_state_scores
+from finlight.prune.layer_drop import SuccessiveLayerDrop, calibration_metric, hidden_state_scores
 from finlight.cli import run_cli
 from finlight.errors import FinlightError
 from test_cli import tiny_config
@@ -17,7 +17,7 @@ SCRATCH = {"hidden_size": 32, "num_layers": 3, "num_heads": 2, "intermediate_siz
 
 
 def drop_config(folder: Path, name: str, epochs: int = 3, extra_callbacks=(), **drop_args) -> str:
-    callback = {"class_path": "finlight.callbacks.layer_drop.SuccessiveLayerDrop",
+    callback = {"class_path": "finlight.prune.SuccessiveLayerDrop",
                 "init_args": {"every_n_epochs": 1, "target_layers": 1, "calibration_examples": 24, **drop_args}}
     return tiny_config(folder, name, model={"scratch": SCRATCH, "learning_rate": 3e-3, "warmup_ratio": 0.1},
                        trainer={"max_epochs": epochs, "callbacks": [callback, *extra_callbacks]})
@@ -168,7 +168,7 @@ def test_targets_and_the_albert_candidate():
 
     from test_surgery import albert, bert
 
-    from finlight.surgery import drop_layers, parameter_count
+    from finlight.prune.surgery import drop_layers, parameter_count
 
     model = bert()
     full = parameter_count(model)
@@ -190,7 +190,7 @@ def test_targets_and_the_albert_candidate():
 def test_offloaded_copy_is_a_cpu_deep_copy_that_keeps_ties_and_trainability():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from finlight.callbacks.layer_drop import offloaded_copy
+    from finlight.prune.layer_drop import offloaded_copy
 
     model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                                          num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True))

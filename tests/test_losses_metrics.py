@@ -9,10 +9,10 @@ import torch
 from sklearn.metrics import f1_score
 from sklearn.utils.class_weight import compute_class_weight
 
-from finlight.data import ClassificationDataModule
-from finlight.losses import weighted_cross_entropy
-from finlight.metrics import classification_metrics, flatten_metrics
-from finlight.optim import adamw_param_groups, build_scheduler
+from finlight.core import ClassificationDataModule
+from finlight.core.losses import weighted_cross_entropy
+from finlight.core.metrics import classification_metrics, flatten_metrics
+from finlight.core.optim import adamw_param_groups, build_scheduler
 
 
 def test_weighted_cross_entropy_matches_hand_computation():

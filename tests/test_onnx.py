@@ -16,7 +16,7 @@ TEXTS = [t for ts in SENTENCES.values() for t in ts]
 
 @pytest.fixture(scope="module")
 def onnx_dir(tiny_hf_dir, tmp_path_factory):
-    from finlight.onnx_export import export_onnx
+    from finlight.deploy.onnx import export_onnx
 
     out = tmp_path_factory.mktemp("onnx") / "tiny"
     manifest = export_onnx(str(tiny_hf_dir), str(out), int8=True)
@@ -64,7 +64,7 @@ def test_int8_model_is_quantized_and_close(onnx_dir, tiny_hf_dir):
 
 
 def test_predictor_backends_agree_and_keep_input_order(onnx_dir, tiny_hf_dir):
-    from finlight.predictor import Predictor
+    from finlight.deploy.predictor import Predictor
 
     out, _ = onnx_dir
     texts = TEXTS[::-1] + ["Short.", "A much longer sentence about the quarterly results of the company and its units."]
@@ -92,7 +92,7 @@ def test_export_from_finlight_checkpoint_unfused_dynamo_graph(tiny_hf_dir, tmp_p
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from finlight.cli import main
-    from finlight.models.backbone import backbone_state
+    from finlight.core.backbone import backbone_state
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_hf_dir)
     tokenizer = AutoTokenizer.from_pretrained(tiny_hf_dir)
@@ -106,15 +106,15 @@ def test_export_from_finlight_checkpoint_unfused_dynamo_graph(tiny_hf_dir, tmp_p
     manifest = json.loads((out / "finlight_onnx.json").read_text())
     assert manifest["exporter"] == "dynamo" and manifest["check"]["fp32"]["max_abs_diff"] < 1e-4
     assert manifest["optimized"] is None
-    from finlight.predictor import Predictor
+    from finlight.deploy.predictor import Predictor
 
     np.testing.assert_allclose(Predictor.load(str(out)).predict_proba(TEXTS),
                                Predictor.load(str(tiny_hf_dir), backend="torch").predict_proba(TEXTS), atol=1e-5)
 
 
 def test_mistakes_are_one_line_errors(onnx_dir, tiny_hf_dir, tmp_path):
-    from finlight.onnx_export import export_onnx
-    from finlight.predictor import Predictor
+    from finlight.deploy.onnx import export_onnx
+    from finlight.deploy.predictor import Predictor
 
     out, _ = onnx_dir
     with pytest.raises(FinlightError, match="not empty"):
@@ -133,7 +133,7 @@ def test_predictor_token_ids_equal_the_tokenizer_call(tiny_hf_dir, side):
     including truncation (max_length 6 truncates most sentences here) on either side."""
     from transformers import AutoTokenizer
 
-    from finlight.predictor import token_id_encoder
+    from finlight.deploy.predictor import token_id_encoder
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_hf_dir)
     tokenizer.truncation_side = side

@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-import finlight.pseudo_label as pl
+import finlight.distill.pseudo_label as pl
 from finlight.cli import main
-from finlight.data.pseudo_labelled import read_pseudo_labels
+from finlight.distill.data import read_pseudo_labels
 from finlight.errors import FinlightError
-from finlight.models.teacher import load_classifier
+from finlight.distill.teacher import load_classifier
 
 from conftest import SENTENCES
 

@@ -1,4 +1,4 @@
-"""Post-training quantization baselines (finlight.compression): bitsandbytes 4/8-bit and GPTQ 4-bit of a tiny
+"""Post-training quantization baselines (finlight.quantize.ptq): bitsandbytes 4/8-bit and GPTQ 4-bit of a tiny
 random-init Llama classifier saved like an export, on CPU; the CUDA paths are marked ``gpu``."""
 
 import importlib.util
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from conftest import SENTENCES, write_labelled_csv
-from finlight.compression import (auto_class, block_name, calibration_sample, check_model_dir, gptq_quantize,
+from finlight.quantize.ptq import (auto_class, block_name, calibration_sample, check_model_dir, gptq_quantize,
                                   load_bnb, load_quantized_dir, quantize_main, split_texts)
 from finlight.errors import FinlightError
 
@@ -23,7 +23,7 @@ PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 def llama_dir(tmp_path_factory) -> Path:
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from finlight.data.tokenization import train_wordpiece_tokenizer
+    from finlight.core.data.tokenization import train_wordpiece_tokenizer
 
     path = tmp_path_factory.mktemp("tiny_llama_cls")
     tokenizer = train_wordpiece_tokenizer(TEXTS * 3, vocab_size=300)
@@ -80,7 +80,7 @@ def test_bnb_load_quantizes_the_projections_keeps_the_head_and_round_trips(llama
 def test_calibration_texts_come_from_the_training_split_reproducibly(in_tmp):
     write_labelled_csv("rows.csv", 3)
     config = in_tmp / "x.yaml"
-    config.write_text("data:\n  class_path: finlight.data.ClassificationDataModule\n  init_args:\n"
+    config.write_text("data:\n  class_path: finlight.core.ClassificationDataModule\n  init_args:\n"
                       "    path: rows.csv\n    label_names: [negative, neutral, positive]\n"
                       "    split_ratios: [0.5, 0.25, 0.25]\n    seed: 3\n    max_length: 40\n")
     train, train_labels, max_length = split_texts(str(config), "train")
@@ -142,7 +142,7 @@ def test_quantize_command_gptq_of_an_encoder_calibrates_on_the_train_split(in_tm
 
     write_labelled_csv("rows.csv", 2)
     (in_tmp / "run.yaml").write_text(
-        "data:\n  class_path: finlight.data.ClassificationDataModule\n  init_args:\n    path: rows.csv\n"
+        "data:\n  class_path: finlight.core.ClassificationDataModule\n  init_args:\n    path: rows.csv\n"
         "    label_names: [negative, neutral, positive]\n    split_ratios: [0.5, 0.25, 0.25]\n")
     main(["quantize", "--model_dir", str(tiny_hf_dir), "--method", "gptq4", "--output_dir", "q", "--config",
           "run.yaml", "--calibration_examples", "8", "--group_size", "32"])

@@ -13,7 +13,7 @@ import yaml
 from sklearn.metrics import f1_score
 
 from finlight.errors import FinlightError
-from finlight.report import build_report, macro_f1, mcnemar_test, mean_std, paired_bootstrap
+from finlight.report.compare import build_report, macro_f1, mcnemar_test, mean_std, paired_bootstrap
 
 
 def _pairs(both_right: int, only_a: int, only_b: int, both_wrong: int):

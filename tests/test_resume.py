@@ -57,10 +57,10 @@ def test_causal_lm_classifier_resumes_to_the_same_result(in_tmp):
         "seed_everything": 5,
         "trainer": {"max_epochs": 3, "deterministic": True, "enable_progress_bar": False,
                     "enable_model_summary": False, "limit_train_batches": 6, "limit_val_batches": 2},
-        "model": {"class_path": "finlight.models.causal_lm.CausalLMClassifier", "init_args": {
+        "model": {"class_path": "finlight.causal_lm.CausalLMClassifier", "init_args": {
             "scratch": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1,
                         "intermediate_size": 64, "vocab_size": 600}, "learning_rate": 3e-3}},
-        "data": {"class_path": "finlight.data.instruction.InstructionDataModule", "init_args": {
+        "data": {"class_path": "finlight.causal_lm.InstructionDataModule", "init_args": {
             "path": "demo", "label_names": ["negative", "neutral", "positive"], "max_length": 96, "batch_size": 8}},
     }
     path = in_tmp / "lm.yaml"

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from finlight.errors import FinlightError
-from finlight.losses import answer_only_lm_loss
-from finlight.scoring import (check_label_tokens, class_log_probs, first_token_log_probs, parse_answer,
+from finlight.core.losses import answer_only_lm_loss
+from finlight.causal_lm.scoring import (check_label_tokens, class_log_probs, first_token_log_probs, parse_answer,
                               sequence_log_prob, unparseable_rate)
 
 WORDS = ["Negative", "Neutral", "Positive"]

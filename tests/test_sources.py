@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from finlight.data.records import DropLog
-from finlight.data.sources import read_records
+from finlight.core.data.records import DropLog
+from finlight.core.data.sources import read_records
 from finlight.errors import FinlightError
 
 from conftest import PHRASEBANK_ALL

@@ -13,10 +13,10 @@ import torch
 import yaml
 from torch import nn
 
-from finlight.callbacks.layer_drop import SuccessiveLayerDrop
+from finlight.prune.layer_drop import SuccessiveLayerDrop
 from finlight.cli import run_cli
 from finlight.errors import FinlightError
-from finlight.surgery import (RemovedAttention, RemovedMLP, bypass, count_sublayers, drop_layers, drop_unit,
+from finlight.prune.surgery import (RemovedAttention, RemovedMLP, bypass, count_sublayers, drop_layers, drop_unit,
                               layer_list, parameter_count, removed_parts, units)
 from test_surgery import IDS, bert, logits, qwen2
 
@@ -186,7 +186,7 @@ def test_sequence_classifier_round_trip_and_checkpoint_rebuild(tmp_path):
     from tokenizers import Tokenizer, models
     from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerFast
 
-    from finlight.models.backbone import backbone_state, rebuild_backbone
+    from finlight.core.backbone import backbone_state, rebuild_backbone
 
     model = llama(head="seq-cls")
     drop_unit(model, ("attention", 2))
@@ -294,7 +294,7 @@ def sublayer_run_config(folder, name: str = "trimllm_tiny", extra_callback: str 
     config = yaml.safe_load(open(decoder_config(folder, "ablation")))
     config["trainer"]["max_epochs"] = 4
     config["trainer"]["callbacks"] = [
-        {"class_path": "finlight.callbacks.layer_drop.SuccessiveLayerDrop",
+        {"class_path": "finlight.prune.SuccessiveLayerDrop",
          "init_args": {"granularity": "sublayer", "target_sublayers": 3, "calibration_examples": 10,
                        "tolerance": 1.0, **drop_args}},
         {"class_path": extra_callback}]

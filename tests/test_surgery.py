@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from finlight.errors import FinlightError
-from finlight.surgery import bypass, drop_layers, drop_unit, family, layer_list, parameter_count, units
+from finlight.prune.surgery import bypass, drop_layers, drop_unit, family, layer_list, parameter_count, units
 
 IDS = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 0, 0, 0]])
 MASK = (IDS != 0).long()

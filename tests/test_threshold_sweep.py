@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, precision_recall_curve, precision_score, recall_score
 
-from finlight.callbacks.collect import SplitPredictions
-from finlight.callbacks.threshold_sweep import (DecisionPolicy, ThresholdSweep, Tier, choose_threshold,
+from finlight.core.callbacks.collect import SplitPredictions
+from finlight.core.callbacks.threshold_sweep import (DecisionPolicy, ThresholdSweep, Tier, choose_threshold,
                                                 default_grid, positive_index, sweep)
 from finlight.errors import FinlightError
 
@@ -92,13 +92,13 @@ def test_decision_policy_bands_and_validation():
 
 def test_cli_test_sweeps_on_val_applies_to_test_and_predict_writes_decisions(binary_run_config):
     from finlight.cli import run_cli
-    from finlight.data import ClassificationDataModule
-    from finlight.export import export_hf
-    from finlight.predictor import Predictor
+    from finlight.core import ClassificationDataModule
+    from finlight.deploy.export import export_hf
+    from finlight.deploy.predictor import Predictor
 
     tiers = "[{name: remove, min_score: 0.7}, {name: review, min_score: 0.4}, {name: allow, min_score: 0.0}]"
     config = binary_run_config(
-        trainer_yaml="  callbacks:\n  - class_path: finlight.callbacks.threshold_sweep.ThresholdSweep\n"
+        trainer_yaml="  callbacks:\n  - class_path: finlight.core.callbacks.ThresholdSweep\n"
                      f"    init_args: {{tiers: {tiers}}}\n",
         extra_yaml=f"predictions:\n  decisions:\n    tiers: {tiers}\n")
     run_cli(["fit", "--config", config])

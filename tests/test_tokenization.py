@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 
-from finlight.data.tokenization import (LengthGroupedSampler, PaddingCollator, SortedSampler, encode_texts,
+from finlight.core.data.tokenization import (LengthGroupedSampler, PaddingCollator, SortedSampler, encode_texts,
                                         padding_efficiency, train_wordpiece_tokenizer, wordpiece_vocabulary)
 
 from conftest import SENTENCES
@@ -14,7 +14,7 @@ TEXTS = [t for ts in SENTENCES.values() for t in ts] * 2
 
 
 def test_wordpiece_vocabulary_is_deterministic_across_processes():
-    code = ("from finlight.data.tokenization import wordpiece_vocabulary as w; from conftest import SENTENCES;"
+    code = ("from finlight.core.data.tokenization import wordpiece_vocabulary as w; from conftest import SENTENCES;"
             "print('|'.join(w([t for ts in SENTENCES.values() for t in ts] * 2, 120)))")
     outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                               cwd="tests", env={"PYTHONHASHSEED": str(seed), "PATH": ""}).stdout

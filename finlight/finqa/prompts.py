@@ -7,7 +7,7 @@ boundary, and the rest is dropped. ``oracle_context`` uses the annotated support
 instead: an upper bound that a real system does not have, so metrics get an ``_oracle`` suffix.
 
 The chat template (system = instruction, user = context + question) or, without one, the plain template is
-rendered by `finlight.data.instruction.PromptRenderer`, as for classification.
+rendered by `finlight.causal_lm.data.PromptRenderer`, as for classification.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Literal, Optional, Sequence
 
-from finlight.data.instruction import PromptRenderer
+from finlight.causal_lm.data import PromptRenderer
 from finlight.errors import FinlightError
 from finlight.finqa.records import FinQARecord, table_as_text
 

@@ -1,0 +1,13 @@
+"""Callbacks: the ones every finlight run gets from the CLI (checkpoints, evaluation report, prediction files,
+RNG state) and the opt-in ones a config adds (threshold sweep, latency profiler)."""
+
+from finlight._lazy import lazy_exports
+
+__getattr__ = lazy_exports(__name__, {
+    "RunCheckpoint": "finlight.core.callbacks.checkpoint",
+    "EvaluationReport": "finlight.core.callbacks.evaluation_report",
+    "PredictionWriter": "finlight.core.callbacks.prediction_writer",
+    "ThresholdSweep": "finlight.core.callbacks.threshold_sweep",
+    "LatencyProfiler": "finlight.core.callbacks.latency",
+})
+__all__ = ["EvaluationReport", "LatencyProfiler", "PredictionWriter", "RunCheckpoint", "ThresholdSweep"]

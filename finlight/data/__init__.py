@@ -1,5 +1,0 @@
-"""Data layer: read sources → records → clean/labels → grouped stratified splits → token batches."""
-
-from finlight.data.datamodule import ClassificationDataModule
-
-__all__ = ["ClassificationDataModule"]

@@ -1,0 +1,277 @@
+"""`FinQAGenerator`: a causal LM that answers FinQA questions with a program (or the value), scored by running it.
+
+Training is the answer-only next-token loss (`finlight.core.losses.answer_only_lm_loss`) on ``prompt → target +
+EOS`` from `finlight.finqa.FinQADataModule`. Validation and test decode greedily and score each text with
+`finlight.finqa.metrics`: ``<stage>/exec_acc`` (the monitored metric), ``<stage>/prog_acc`` (string) and
+``<stage>/prog_acc_symbolic`` (upstream's symbolic equivalence),
+``<stage>/unparseable_rate``, ``<stage>/nonexecutable_rate`` (``_oracle`` appended with oracle context), plus
+``<stage>/loss``. ``test`` also writes ``test_generations.jsonl`` (one row per question) in the run folder;
+``predict`` rows are question, generated text, parsed program / answer, executed value, gold, correct.
+
+Backbones as for `CausalLMClassifier`: a hub id or local directory (e.g. a layer-dropped model saved with
+``save_pretrained``, or a GPTQ directory when ``gptqmodel`` is installed), ``scratch`` (a small Llama-shaped
+decoder, tokenizer learnt from the train split), with ``lora`` / ``quantization`` / ``gradient_checkpointing``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Optional
+
+import lightning.pytorch as pl
+import torch
+from torchmetrics import MaxMetric, MeanMetric
+
+from finlight.errors import FinlightError
+from finlight.finqa.metrics import DEFAULT_REL_TOL, score_prediction
+from finlight.core.losses import answer_only_lm_loss
+from finlight.core.adapters import (LoraOptions, QuantizationOptions, check_adapter_state, options_dict,
+                                      trainable_state_dict)
+from finlight.core.backbone import backbone_state, rebuild_backbone
+from finlight.causal_lm.classifier import (CausalScratchConfig, DType, build_causal_from_scratch,
+                                       causal_backbone_options, greedy_generate, load_causal_base)
+from finlight.core.optim import Schedule, adamw_with_schedule
+from finlight.core.run_dir import run_dir
+
+log = logging.getLogger("finlight.models")
+CHECKPOINT_KEY = "finlight"
+TASK = "finqa-generator"
+METRICS = ("exec_acc", "prog_acc", "prog_acc_symbolic", "unparseable_rate", "nonexecutable_rate")
+PROGRAM_ONLY = ("prog_acc", "prog_acc_symbolic", "nonexecutable_rate")
+
+
+class FinQAGenerator(pl.LightningModule):
+    """Generative FinQA with a causal LM; needs `finlight.finqa.FinQADataModule`.
+
+    Args:
+        backbone: hub id or local directory of a causal LM.
+        scratch: instead, a small Llama-shaped decoder from random init.
+        lora / quantization / gradient_checkpointing / dtype / trust_remote_code: as `CausalLMClassifier`.
+        max_new_tokens: generation budget (programs of FinQA are at most ~60 Llama tokens).
+        rel_tol: relative tolerance of execution accuracy, besides upstream's equality after rounding to 5
+            decimals (see `finlight.finqa.metrics`).
+        learning_rate / weight_decay / scheduler / warmup_ratio: AdamW and its schedule.
+    """
+
+    def __init__(
+        self,
+        backbone: Optional[str] = None,
+        scratch: Optional[CausalScratchConfig] = None,
+        lora: Optional[LoraOptions] = None,
+        quantization: Optional[QuantizationOptions] = None,
+        gradient_checkpointing: bool = False,
+        dtype: DType = "float32",
+        max_new_tokens: int = 64,
+        rel_tol: float = DEFAULT_REL_TOL,
+        learning_rate: float = 1e-4,
+        weight_decay: float = 0.0,
+        scheduler: Schedule = "cosine",
+        warmup_ratio: float = 0.03,
+        trust_remote_code: bool = False,
+    ):
+        super().__init__()
+        scratch, lora, quantization = causal_backbone_options(backbone, scratch, lora, quantization)
+        if max_new_tokens < 1:
+            raise FinlightError(f"model.max_new_tokens={max_new_tokens} must be ≥ 1")
+        if rel_tol < 0:
+            raise FinlightError(f"model.rel_tol={rel_tol} must be ≥ 0")
+        if not 0.0 <= warmup_ratio < 1.0:
+            raise FinlightError(f"model.warmup_ratio={warmup_ratio}: must be in [0, 1)")
+        # how to evaluate is not a property of the trained weights: kept out of the checkpoint's hparams
+        self.max_new_tokens, self.rel_tol = max_new_tokens, rel_tol
+        self.save_hyperparameters(logger=False, ignore=["max_new_tokens", "rel_tol"])
+        for key, value in (("lora", lora), ("quantization", quantization), ("scratch", scratch)):
+            self.hparams[key] = options_dict(value)
+        self.lora, self.quantization, self.scratch = lora, quantization, scratch
+        self.model = None
+        self.tokenizer = None
+        self.label_names = None  # no classes: the run's reports skip confusion matrices
+        self.confusion: dict = {}
+        self.target: Optional[str] = None
+        self.suffix = ""
+        self.scores = torch.nn.ModuleDict({stage: torch.nn.ModuleDict({m: MeanMetric() for m in METRICS})
+                                           for stage in ("val", "test")})
+        self.val_exec_acc_best = MaxMetric()
+        self._test_rows: list[dict] = []
+
+    @property
+    def adapter_only(self) -> bool:
+        return self.lora is not None or self.quantization is not None
+
+    # ------------------------------------------------------------------ building
+    def setup(self, stage: str) -> None:
+        datamodule = self._datamodule()
+        self.target, self.suffix = datamodule.target, datamodule.metric_suffix
+        self._check_monitors()
+        if self.model is not None:
+            datamodule.tokenizer = self.tokenizer
+            return
+        if self.scratch is not None:
+            model, tokenizer = build_causal_from_scratch(self.scratch, datamodule.train_texts, [])
+        else:
+            device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+            model, tokenizer = load_causal_base(self.hparams.backbone, self.lora, self.quantization,
+                                                self.hparams.gradient_checkpointing, self.hparams.dtype,
+                                                self.hparams.trust_remote_code, device)
+        self._install(model, tokenizer)
+        datamodule.tokenizer = tokenizer
+
+    def _datamodule(self):
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is None or not hasattr(datamodule, "metric_suffix"):
+            raise FinlightError("FinQAGenerator needs data.class_path: finlight.finqa.FinQADataModule")
+        return datamodule
+
+    def metric_names(self, stage: str) -> list[str]:
+        names = [m for m in METRICS if self.target == "program" or m not in PROGRAM_ONLY]
+        return [f"{stage}/{m}{self.suffix}" for m in names]
+
+    def _check_monitors(self) -> None:
+        """A checkpoint or early-stopping monitor this module never logs (the CLI's default ``val/macro_f1``,
+        or ``val/exec_acc`` with oracle context) would select nothing: say so before training."""
+        if self._trainer is None or self.trainer.state.fn != "fit":
+            return
+        known = set(self.metric_names("val")) | {"val/loss", "train/loss", f"val/exec_acc{self.suffix}_best"}
+        callbacks = list(self.trainer.checkpoint_callbacks) + [c for c in self.trainer.callbacks
+                                                               if type(c).__name__ == "EarlyStopping"]
+        for callback in callbacks:
+            monitor = getattr(callback, "monitor", None)
+            if monitor and monitor not in known:
+                raise FinlightError(f"{type(callback).__name__} monitors {monitor!r}, which FinQAGenerator does "
+                                    f"not log; use one of {sorted(known)} (e.g. checkpoint.monitor: "
+                                    f"val/exec_acc{self.suffix}, checkpoint.filename without val/macro_f1)")
+
+    def _install(self, model, tokenizer) -> None:
+        model.train()
+        self.model, self.tokenizer = model, tokenizer
+
+    # ------------------------------------------------------------------ steps
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = answer_only_lm_loss(self(batch["input_ids"], batch["attention_mask"]), batch["lm_labels"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["index"]))
+        return loss
+
+    def generate(self, batch: dict) -> list[str]:
+        return greedy_generate(self.model, self.tokenizer, batch["prompt_ids"], batch["prompt_mask"],
+                               self.max_new_tokens)
+
+    def score_batch(self, batch: dict, split: str, texts: list[str]) -> list[tuple]:
+        """(position in the split, record, generated text, `Score`) per row of the batch."""
+        records = self.trainer.datamodule.split_records(split)
+        out = []
+        for i, text in zip(batch["index"].tolist(), texts):
+            record = records[i]
+            out.append((i, record, text, score_prediction(text, record.answer, record.table, record.program,
+                                                          self.target, self.rel_tol)))
+        return out
+
+    def _evaluation_step(self, batch: dict, stage: str) -> None:
+        n = len(batch["index"])
+        loss = answer_only_lm_loss(self(batch["input_ids"], batch["attention_mask"]), batch["lm_labels"])
+        self.log(f"{stage}/loss", loss, batch_size=n, sync_dist=True)
+        scored = self.score_batch(batch, stage, self.generate(batch))
+        metrics = self.scores[stage]
+        for name in METRICS:
+            if f"{stage}/{name}{self.suffix}" not in self.metric_names(stage):
+                continue
+            values = torch.tensor([float(getattr(s, _FIELD[name]) or 0) for *_, s in scored], device=self.device)
+            metrics[name].update(values)
+            self.log(f"{stage}/{name}{self.suffix}", metrics[name], on_step=False, on_epoch=True, batch_size=n,
+                     prog_bar=name == "exec_acc")
+        if stage == "test":
+            self._test_rows.extend(_row(*item) for item in scored)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluation_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluation_step(batch, "test")
+
+    def on_train_start(self) -> None:
+        self.val_exec_acc_best.reset()  # forget the sanity check
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking or self.trainer.state.fn != "fit":
+            return
+        self.val_exec_acc_best.update(self.scores["val"]["exec_acc"].compute())
+        self.log(f"val/exec_acc{self.suffix}_best", self.val_exec_acc_best.compute())
+
+    def on_test_epoch_start(self) -> None:
+        self._test_rows = []
+
+    def on_test_epoch_end(self) -> None:
+        rows = self._test_rows
+        if self.trainer.world_size > 1:
+            shares: list = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(shares, rows)
+            rows = [row for share in shares for row in share]
+        if not self.trainer.is_global_zero or run_dir(self.trainer) is None:
+            return
+        os.makedirs(run_dir(self.trainer), exist_ok=True)
+        with open(os.path.join(run_dir(self.trainer), "test_generations.jsonl"), "w", encoding="utf-8") as handle:
+            for row in sorted({r["index"]: r for r in rows}.values(), key=lambda r: r["index"]):  # DDP repeats
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        scored = self.score_batch(batch, "predict", self.generate(batch))
+        rows = [{k: v for k, v in _row(*item).items() if k != "index"} for item in scored]
+        return {"index": batch["index"], "rows": rows}
+
+    def configure_optimizers(self):
+        return adamw_with_schedule(self.model, self.hparams, lambda: int(self.trainer.estimated_stepping_batches))
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[CHECKPOINT_KEY] = {
+            "task": TASK, "label_names": [], "target": self.target,
+            "backbone": backbone_state(self.model, self.tokenizer), "adapter_only": self.adapter_only,
+            "base": self.hparams.backbone, "lora": options_dict(self.lora),
+            "quantization": options_dict(self.quantization),
+        }
+        if self.adapter_only:
+            checkpoint["state_dict"] = trainable_state_dict(self, checkpoint["state_dict"])
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        info = checkpoint.get(CHECKPOINT_KEY)
+        if info is None or info.get("task") != TASK:
+            raise FinlightError("the checkpoint was not written by a finlight FinQAGenerator")
+        if self.target is not None and info.get("target") not in (None, self.target):
+            raise FinlightError(f"the checkpoint was trained with data.target={info['target']}, but data.target "
+                                f"is {self.target}; set data.target: {info['target']}")
+        if info["adapter_only"]:
+            if info["base"] != self.hparams.backbone:
+                raise FinlightError(f"the checkpoint's adapters were trained on {info['base']!r}, but "
+                                    f"model.backbone is {self.hparams.backbone!r}")
+            if self.model is None:
+                device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+                self._install(*load_causal_base(info["base"], self.lora, self.quantization,
+                                                self.hparams.gradient_checkpointing, self.hparams.dtype,
+                                                self.hparams.trust_remote_code, device))
+            check_adapter_state(self, checkpoint["state_dict"])
+            self.strict_loading = False  # the frozen base is not in the checkpoint (checked exactly above)
+        else:
+            self._install(*rebuild_backbone(info["backbone"], self.hparams.trust_remote_code, causal_lm=True))
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None:
+            datamodule.tokenizer = self.tokenizer
+
+
+_FIELD = {"exec_acc": "exec_correct", "prog_acc": "prog_correct", "prog_acc_symbolic": "prog_equivalent",
+          "unparseable_rate": "unparseable",
+          "nonexecutable_rate": "nonexecutable"}
+
+
+def _row(index: int, record, text: str, score) -> dict:
+    """One question's outcome, for test_generations.jsonl and predictions (``correct`` empty without gold)."""
+    return {
+        "index": index, "id": record.id, "generated": text, "parsed": score.parsed or "",
+        "executed": "" if score.value is None else score.value,
+        "gold_answer": "" if record.answer is None else record.answer, "gold_program": record.program or "",
+        "correct": "" if record.answer is None else score.exec_correct,
+        "status": "unparseable" if score.unparseable else "non-executable" if score.nonexecutable else "ok",
+    }

@@ -1,0 +1,352 @@
+"""Layer surgery on Hugging Face models: remove layers or decoder sub-layers for real, or bypass one unit.
+
+Three families:
+
+* **encoders** with a ``ModuleList`` of layers (BERT, RoBERTa, ELECTRA, DeBERTa: ``encoder.layer``;
+  DistilBERT: ``transformer.layer``) — delete the layers, set ``config.num_hidden_layers``;
+* **ALBERT** — every repeat shares one layer's weights, so "dropping a layer" means one repeat fewer
+  (``config.num_hidden_layers``); which repeat does not matter, and the parameter count does not change;
+* **decoders** (Llama, Phi, Mistral, Qwen...: ``model.layers``) — delete the layers, renumber each
+  remaining layer's ``layer_idx`` (the KV cache is indexed by it), update ``config.num_hidden_layers`` and
+  the per-layer config lists (``layer_types``...).
+
+The pruned model is an ordinary Hugging Face model of the smaller config: ``save_pretrained`` +
+``from_pretrained`` rebuild it exactly, with no ``strict=False``.
+
+**Sub-layers** (SAPLING / TrimLLM granularity; Llama, Mistral, Qwen2 and Phi decoders): ``drop_unit(model,
+("attention", i))`` / ``("mlp", i)`` replaces the part by a weightless stand-in that adds nothing to the
+residual stream (`RemovedAttention`, `RemovedMLP`) and deletes the norm that fed only it (Llama-style:
+``input_layernorm`` with the attention, ``post_attention_layernorm`` with the MLP; Phi's one shared norm stays
+while either part is left). The last part of a layer going = the layer going (`drop_layers`). The removals are
+recorded in ``config.removed_sublayers`` (one list per layer, e.g. ``[[], ["attention"], ["mlp"]]``), which
+Hugging Face writes to config.json. Importing this module wraps ``PreTrainedModel.post_init`` — the last step
+of every Hugging Face model's ``__init__``, before any weight is loaded or initialised — so a model whose
+config records removals is built with the stand-ins already in place: ``from_pretrained`` then finds exactly
+the saved keys and ``from_config`` (finlight checkpoint rebuilds) exactly the checkpoint's. Transformers has
+no per-layer "skip" in its modelling code yet (5.23 stores ``per_layer_config.skip`` but nothing reads it),
+and the wrap needs no copy of any model class. A pruned export therefore loads where ``finlight.prune.surgery`` is
+imported (finlight's loaders import it); plain transformers would rebuild and randomly initialise the parts.
+
+KV cache: the remaining attentions are renumbered ``layer_idx = 0 .. A-1`` (A = attentions left), so cache
+slot 0 — which ``get_seq_length()`` and the mask code read — always belongs to a real attention, and the
+cache only fills A slots (the remaining ``DynamicCache`` slots stay empty, allocated lazily). Slot ``j`` has
+the cache type (full / sliding window) of config layer ``j``, so models that mix ``layer_types`` are refused
+sub-layer removal (a renumbered attention could land in a slot of the other type); uniform ones (Llama, Phi,
+Mistral's all-sliding, Qwen2's all-full default) are fine.
+"""
+
+from __future__ import annotations
+
+import functools
+from contextlib import contextmanager
+from typing import Iterable, Iterator
+
+import torch
+from torch import nn
+
+from finlight.errors import FinlightError
+
+# config attributes that hold one entry per layer and must shrink with the stack
+PER_LAYER_CONFIG_KEYS = ("layer_types", "no_rope_layers", "removed_sublayers")
+Unit = tuple  # ("layer", i) | ("repeat", i) | ("attention", i) | ("mlp", i)
+
+PARTS = ("attention", "mlp")
+# decoders whose layer is  x + attn(norm1(x)), then  x + mlp(norm2(x))  — each norm feeds one part
+SEQUENTIAL_DECODERS = ("llama", "mistral", "qwen2")
+# decoders whose layer is  x + attn(norm(x)) + mlp(norm(x))  — one norm feeds both parts
+PARALLEL_DECODERS = ("phi",)
+_MODULE = {"attention": "self_attn", "mlp": "mlp"}
+_OWN_NORM = {"attention": "input_layernorm", "mlp": "post_attention_layernorm"}
+
+
+class RemovedAttention(nn.Module):
+    """Stands in for a removed self-attention: adds nothing to the residual stream, holds no weight and no
+    KV-cache slot (it has no ``layer_idx``). Returns what a decoder layer unpacks: (output, attention weights)."""
+
+    def forward(self, hidden_states: torch.Tensor = None, *args, **kwargs):
+        return torch.zeros_like(hidden_states), None
+
+
+class RemovedMLP(nn.Module):
+    """Stands in for a removed MLP: adds nothing to the residual stream and holds no weight."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return torch.zeros_like(hidden_states)
+
+
+_STAND_IN = {"attention": RemovedAttention, "mlp": RemovedMLP}
+
+
+def family(model: nn.Module) -> str:
+    """``encoder`` | ``albert`` | ``decoder`` (raises for anything else)."""
+    if getattr(model.config, "model_type", None) == "albert":
+        return "albert"
+    base = model.base_model
+    if isinstance(getattr(base, "layers", None), nn.ModuleList):
+        return "decoder"
+    if _encoder_owner(base) is not None:
+        return "encoder"
+    raise FinlightError(f"layer surgery does not know {type(model).__name__}: no encoder.layer, transformer.layer "
+                        "or layers ModuleList")
+
+
+def _encoder_owner(base: nn.Module):
+    for name in ("encoder", "transformer"):
+        owner = getattr(base, name, None)
+        if isinstance(getattr(owner, "layer", None), nn.ModuleList):
+            return owner
+    return None
+
+
+def layer_list(model: nn.Module) -> nn.ModuleList:
+    """The model's stack of layers (for ALBERT: the shared layer group, repeated ``num_hidden_layers`` times)."""
+    kind = family(model)
+    if kind == "decoder":
+        return model.base_model.layers
+    if kind == "encoder":
+        return _encoder_owner(model.base_model).layer
+    return model.base_model.encoder.albert_layer_groups
+
+
+def num_layers(model: nn.Module) -> int:
+    return int(model.config.num_hidden_layers)
+
+
+def units(model: nn.Module, granularity: str = "layer") -> list[Unit]:
+    """What can be dropped: each layer, or (``granularity="sublayer"``, decoders) each attention and MLP.
+    ALBERT offers one unit, the last repeat (all repeats are the same weights)."""
+    kind, depth = family(model), num_layers(model)
+    if kind == "albert":
+        _check_albert(model)
+        return [("repeat", depth - 1)] if depth > 1 else []
+    if granularity == "layer":
+        return [("layer", i) for i in range(depth)] if depth > 1 else []
+    if granularity == "sublayer" and kind == "decoder":
+        _sublayer_style(model)
+        found = []
+        for i, layer in enumerate(layer_list(model)):
+            left = [part for part in PARTS if part not in removed_parts(layer)]
+            if depth > 1 or len(left) > 1:  # the last part of the only layer stays
+                found.extend((part, i) for part in left)
+        return found
+    raise FinlightError(f"granularity={granularity!r}: use 'layer', or 'sublayer' for decoders (this is an {kind})")
+
+
+def _check_albert(model: nn.Module) -> None:
+    if model.config.num_hidden_groups != 1:
+        raise FinlightError(f"ALBERT with num_hidden_groups={model.config.num_hidden_groups}: dropping a repeat "
+                            "would reassign repeats to groups; only num_hidden_groups=1 is supported")
+
+
+def _configs(model: nn.Module) -> list:
+    """The config objects the model's parts read (usually one shared object; sub-configs when not)."""
+    found = {}
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "num_hidden_layers"):
+            found[id(config)] = config
+    return list(found.values())
+
+
+def drop_layers(model: nn.Module, indices: Iterable[int]) -> nn.Module:
+    """Remove the layers at ``indices`` in place and return the model; at least one layer must remain."""
+    drop = sorted(set(int(i) for i in indices))
+    depth = num_layers(model)
+    if not drop:
+        return model
+    if drop[0] < 0 or drop[-1] >= depth:
+        raise FinlightError(f"layer indices {drop} out of range for a {depth}-layer model")
+    if len(drop) >= depth:
+        raise FinlightError(f"cannot drop all {depth} layers")
+    kind = family(model)
+    keep = [i for i in range(depth) if i not in drop]
+    if kind == "albert":
+        _check_albert(model)
+    else:
+        layers = layer_list(model)
+        kept = nn.ModuleList(layers[i] for i in keep)
+        if kind == "decoder":
+            model.base_model.layers = kept
+            _renumber_cache_slots(kept)
+        else:
+            _encoder_owner(model.base_model).layer = kept
+    for config in _configs(model):
+        config.num_hidden_layers = len(keep)
+        for key in PER_LAYER_CONFIG_KEYS:
+            values = getattr(config, key, None)
+            if isinstance(values, (list, tuple)) and len(values) == depth:
+                setattr(config, key, type(values)(values[i] for i in keep))
+    return model
+
+
+def drop_unit(model: nn.Module, unit: Unit) -> nn.Module:
+    """Remove one unit from `units` for good: a layer, an ALBERT repeat, or a decoder's attention or MLP
+    (see the module docstring; a layer's last remaining part takes the layer with it)."""
+    kind, index = unit
+    if kind in ("layer", "repeat"):
+        return drop_layers(model, [index])
+    if kind not in PARTS:
+        raise FinlightError(f"unknown unit {unit}: use ('layer', i), ('attention', i) or ('mlp', i)")
+    style = _sublayer_style(model)
+    layers = layer_list(model)
+    if not 0 <= index < len(layers):
+        raise FinlightError(f"unit {unit}: layer index out of range for a {len(layers)}-layer model")
+    gone = removed_parts(layers[index])
+    if kind in gone:
+        raise FinlightError(f"unit {unit}: the {kind} of layer {index} was already removed")
+    if len(gone) + 1 == len(PARTS):  # nothing would be left of the layer
+        if len(layers) == 1:
+            raise FinlightError(f"unit {unit}: the {kind} is all that is left of the only layer")
+        return drop_layers(model, [index])
+    _remove_part(layers[index], kind, style)
+    _renumber_cache_slots(layers)
+    _record_removals(model)
+    return model
+
+
+def removed_parts(layer: nn.Module) -> list[str]:
+    """The parts (``attention``, ``mlp``) of one decoder layer that have been removed."""
+    return [part for part in PARTS if isinstance(getattr(layer, _MODULE[part], None), _STAND_IN[part])]
+
+
+def count_sublayers(model: nn.Module) -> int:
+    """Attention and MLP parts left in a decoder (two per layer before any sub-layer removal)."""
+    return sum(len(PARTS) - len(removed_parts(layer)) for layer in layer_list(model))
+
+
+def _sublayer_style(model: nn.Module) -> str:
+    """``sequential`` (Llama-style) or ``parallel`` (Phi); a clear error for anything surgery cannot do right."""
+    kind = family(model)
+    if kind != "decoder":
+        raise FinlightError(f"granularity='sublayer' (attention / MLP removal) is for decoders; this is an {kind}: "
+                            "use granularity: layer")
+    model_type = getattr(model.config, "model_type", None)
+    if model_type in SEQUENTIAL_DECODERS:
+        style = "sequential"
+    elif model_type in PARALLEL_DECODERS:
+        style = "parallel"
+    else:
+        raise FinlightError(f"attention / MLP removal knows {', '.join(SEQUENTIAL_DECODERS + PARALLEL_DECODERS)} "
+                            f"decoders, not {model_type!r}: use granularity: layer")
+    types = getattr(model.config, "layer_types", None)
+    if getattr(model.config, "is_heterogeneous", False) or (types and len(set(types)) > 1):
+        raise FinlightError(f"attention / MLP removal needs every layer to use one cache type; this {model_type} "
+                            f"mixes layer_types {sorted(set(types or []))} (renumbered attentions would land in cache "
+                            "slots of another type): use granularity: layer")
+    return style
+
+
+def _remove_part(layer: nn.Module, part: str, style: str) -> None:
+    setattr(layer, _MODULE[part], _STAND_IN[part]())
+    if style == "sequential":  # its own norm fed only the removed part; Phi's shared norm still feeds the other
+        setattr(layer, _OWN_NORM[part], nn.Identity())
+
+
+def _renumber_cache_slots(layers: nn.ModuleList) -> None:
+    """``layer_idx`` = rank among the remaining attentions: the KV cache fills slots 0..A-1 and slot 0, which
+    ``get_seq_length()`` reads, always holds a real attention's keys."""
+    slot = 0
+    for layer in layers:
+        if isinstance(getattr(layer, "self_attn", None), RemovedAttention):
+            continue
+        for module in layer.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = slot
+        slot += 1
+
+
+def _record_removals(model: nn.Module) -> None:
+    removed = [removed_parts(layer) for layer in layer_list(model)]
+    for config in _configs(model):
+        config.removed_sublayers = [list(parts) for parts in removed]
+
+
+def _build_with_recorded_removals(model: nn.Module) -> None:
+    """Put the stand-ins of ``config.removed_sublayers`` into a decoder stack that was just built (idempotent;
+    nothing happens unless the config carries the field and the module owns the ``layers`` list)."""
+    recorded = getattr(getattr(model, "config", None), "removed_sublayers", None)
+    layers = getattr(model, "layers", None)
+    if not recorded or not any(recorded) or not isinstance(layers, nn.ModuleList):
+        return
+    if len(recorded) != len(layers):
+        raise FinlightError(f"config.removed_sublayers has {len(recorded)} entries for {len(layers)} layers: the "
+                            "config was edited by hand? It must hold one list per layer")
+    style = _sublayer_style(model)
+    for index, (layer, parts) in enumerate(zip(layers, recorded)):
+        if not set(parts) <= set(PARTS) or set(parts) == set(PARTS):
+            raise FinlightError(f"config.removed_sublayers[{index}] = {parts}: each entry lists 'attention' and/or "
+                                "'mlp', never both (a layer without either is dropped, not kept)")
+        for part in parts:
+            if part not in removed_parts(layer):
+                _remove_part(layer, part, style)
+    _renumber_cache_slots(layers)
+
+
+def _install_loader_hook() -> None:
+    """Wrap ``PreTrainedModel.post_init`` once (see the module docstring for why this place)."""
+    from transformers import PreTrainedModel
+
+    original = PreTrainedModel.post_init
+    if getattr(original, "_finlight_removed_sublayers", False):
+        return
+
+    @functools.wraps(original)
+    def post_init(self, *args, **kwargs):
+        _build_with_recorded_removals(self)
+        return original(self, *args, **kwargs)
+
+    post_init._finlight_removed_sublayers = True
+    PreTrainedModel.post_init = post_init
+
+
+def _first_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _replace_first(output, value: torch.Tensor):
+    if isinstance(output, torch.Tensor):
+        return value
+    return (value, *tuple(output)[1:])
+
+
+@contextmanager
+def bypass(model: nn.Module, unit: Unit) -> Iterator[None]:
+    """Run the model without ``unit`` inside the block: a layer passes its input through (identity), a
+    decoder's attention or MLP adds nothing (zero output, so the residual carries the input), an ALBERT
+    repeat is skipped. Everything is restored on exit, also after an exception."""
+    kind, index = unit
+    if kind == "repeat":
+        configs = _configs(model)
+        for config in configs:
+            config.num_hidden_layers -= 1
+        try:
+            yield
+        finally:
+            for config in configs:
+                config.num_hidden_layers += 1
+        return
+    layer = layer_list(model)[index]
+    if kind in PARTS and kind in removed_parts(layer):
+        raise FinlightError(f"unit {unit}: the {kind} of layer {index} was removed already; nothing to bypass")
+    if kind == "layer":
+        target = layer
+        hook = lambda m, args, kwargs, out: _replace_first(out, _first_input(args, kwargs))  # noqa: E731
+    elif kind in ("attention", "mlp"):
+        target = getattr(layer, "self_attn" if kind == "attention" else "mlp")
+        hook = lambda m, args, kwargs, out: _replace_first(  # noqa: E731
+            out, torch.zeros_like(out if isinstance(out, torch.Tensor) else out[0]))
+    else:
+        raise FinlightError(f"unknown unit {unit}")
+    handle = target.register_forward_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Distinct parameters (shared ALBERT weights counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+_install_loader_hook()
