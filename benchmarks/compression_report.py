@@ -42,7 +42,6 @@ import re
 import resource
 import sys
 import tempfile
-import time
 from typing import Optional, Sequence
 
 COLUMNS = ("variant", "status", "device", "layers", "acc", "macro_f1", "size_mb", "params", "samples_per_s",
@@ -217,6 +216,8 @@ def _measure(source, quant, texts, labels, max_length, batch_size, device, calib
     from finlight.quantize.dynamic_int8 import saved_size_bytes
     from finlight.prune.surgery import num_layers
 
+    from _timing import timed
+
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -231,16 +232,13 @@ def _measure(source, quant, texts, labels, max_length, batch_size, device, calib
                             return_tensors="pt")
         batches.append((rows, encoded["input_ids"].to(device), encoded["attention_mask"].to(device)))
     predicted = np.zeros(len(texts), dtype=np.int64)
+
+    def one_pass() -> list:
+        return [(rows, model(input_ids=ids, attention_mask=mask).logits.argmax(-1)) for rows, ids, mask in batches]
+
     with torch.inference_mode():
-        for _, ids, mask in batches:  # warm-up pass
-            model(input_ids=ids, attention_mask=mask)
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        outputs = [(rows, model(input_ids=ids, attention_mask=mask).logits.argmax(-1)) for rows, ids, mask in batches]
-        if cuda:
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
+        one_pass()  # warm-up pass
+        seconds, outputs = timed(one_pass, cuda)
     for rows, argmax in outputs:
         predicted[rows] = argmax.cpu().numpy()
     tokens = sum(int(mask.sum()) for _, _, mask in batches)

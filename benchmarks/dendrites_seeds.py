@@ -69,11 +69,10 @@ def summarize(run_dir: Path) -> dict:
 def paired_latency(checkpoints: dict[str, str], workdir: Path, texts: list[str]) -> dict[str, float]:
     """Median batch-1 latency (ms) of each checkpoint's model, timed in turns in this process on one thread
     (the profiler's figures come from separate runs on a shared CPU and swing 3-5x; turns share the noise)."""
-    import time
-
     import numpy as np
     import torch
 
+    from _timing import timed
     from finlight.core.restore import restore_from_checkpoint
 
     torch.set_num_threads(1)
@@ -86,10 +85,10 @@ def paired_latency(checkpoints: dict[str, str], workdir: Path, texts: list[str])
         for i, text in enumerate(texts * 2):
             for role, (model, tokenizer) in models.items():
                 encoded = tokenizer([text], truncation=True, max_length=64, return_tensors="pt")
-                start = time.perf_counter()
-                model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"])
+                ids, mask = encoded["input_ids"], encoded["attention_mask"]
+                seconds, _ = timed(lambda: model(input_ids=ids, attention_mask=mask))
                 if i >= 20:  # warm-up
-                    times[role].append(time.perf_counter() - start)
+                    times[role].append(seconds)
     return {role: 1000 * float(np.median(t)) for role, t in times.items()}
 
 

@@ -111,13 +111,14 @@ def footprint(ckpt: str, texts: list[str], folder: str) -> dict:
     size = sum(f.stat().st_size for f in Path(folder).glob("*.safetensors"))
     model = load_classifier(ckpt)
     encoded = [model.tokenizer(t, return_tensors="pt", truncation=True, max_length=64) for t in texts]
-    passes = []
+    from _timing import seconds_per_call
+
+    def one_pass() -> None:
+        for enc in encoded:
+            model.model(**enc)
+
     with torch.inference_mode():
-        for _ in range(3):
-            start = time.perf_counter()
-            for enc in encoded:
-                model.model(**enc)
-            passes.append((time.perf_counter() - start) / len(encoded))
+        passes = [s / len(encoded) for s in seconds_per_call(one_pass, repeats=3)]
     return {"parameters": sum(p.numel() for p in model.model.parameters()), "size_mb": size / 2 ** 20,
             "latency_ms_per_doc": 1000 * statistics.median(passes)}
 

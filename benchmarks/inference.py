@@ -1,7 +1,9 @@
 """Inference speed and accuracy: finlight's predictor vs a plain ``transformers`` pipeline, and ONNX variants.
 
     HF_HUB_OFFLINE=1 python benchmarks/inference.py                      # trains a bert-tiny-shaped model first
+    HF_HUB_OFFLINE=1 python benchmarks/inference.py --backbone minilm    # fine-tunes all-MiniLM-L6-v2 first
     HF_HUB_OFFLINE=1 python benchmarks/inference.py --model exported/X   # or any exported HF directory
+    HF_HUB_OFFLINE=1 python benchmarks/inference.py --backbone minilm --quick   # 1 epoch, 512 texts: a check
 
 Same process, same model weights, same texts (all of PhraseBank AllAgree for speed, its seeded 10 % test split
 for accuracy), same torch / onnxruntime thread count, same max_length and batch size. Every variant runs
@@ -14,7 +16,11 @@ over the cores; the pipeline tokenizes text by text. Each timing is the median o
 Variants: the pipeline; finlight `Predictor` with torch (longest-first batches, each padded to its own longest
 text); the same without sorting (input-order batches: shows what sorting alone buys); ONNX fp32; ONNX INT8
 (onnxruntime dynamic quantisation), both from the graph onnxruntime's transformer optimizer fused (export-onnx's
-default for BERT-family models); and both again from the unfused graph (``--no_optimize``). Accuracy / macro-F1 on the test split, and agreement with the torch labels.
+default for BERT-family models); and both again from the unfused graph (``--no_optimize``); torch under bf16
+autocast (``Predictor`` backend ``torch-bf16``: faster only on AVX-512-BF16 / AMX CPUs). Accuracy / macro-F1 on the
+test split, and agreement with the torch labels. Each variant's achieved GFLOP/s (the encoder's forward FLOPs over
+the batches as that variant pads them, over its time) is printed as a share of the matmul peak measured at the
+start of the run (bf16 peak for the bf16 variant, fp32 peak for the others, INT8 included), with the CPU flags.
 """
 
 from __future__ import annotations
@@ -25,16 +31,23 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
+from typing import Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from _timing import interleaved  # noqa: E402  (benchmarks/_timing.py)
+
 PHRASEBANK = ROOT.parent / "shared" / "data" / "financial_phrasebank" / "Sentences_AllAgree.txt"
 LABELS = ["negative", "neutral", "positive"]
 
-# bert-tiny shape (prajjwal1/bert-tiny: 2 layers, hidden 128, 2 heads, FFN 512), trained from scratch
+# bert-tiny shape (prajjwal1/bert-tiny: 2 layers, hidden 128, 2 heads, FFN 512), trained from scratch; or
+# --backbone: a pretrained encoder fine-tuned (lr 1e-4)
+SCRATCH_MODEL = """scratch: {hidden_size: 128, num_layers: 2, num_heads: 2, intermediate_size: 512, vocab_size: 8000}
+    learning_rate: 1.0e-3"""
+BACKBONE_MODEL = """backbone: "{backbone}"
+    learning_rate: 1.0e-4"""
 TRAIN_CONFIG = """\
 seed_everything: 42
 trainer: {{max_epochs: {epochs}, deterministic: true, enable_progress_bar: false, enable_model_summary: false,
@@ -42,8 +55,7 @@ trainer: {{max_epochs: {epochs}, deterministic: true, enable_progress_bar: false
 model:
   class_path: finlight.core.SequenceClassifier
   init_args:
-    scratch: {{hidden_size: 128, num_layers: 2, num_heads: 2, intermediate_size: 512, vocab_size: 8000}}
-    learning_rate: 1.0e-3
+    {model}
     warmup_ratio: 0.1
 data:
   class_path: finlight.core.ClassificationDataModule
@@ -52,13 +64,14 @@ data:
 """
 
 
-def train_model(data: str, epochs: int, max_length: int, workdir: Path) -> str:
+def train_model(data: str, epochs: int, max_length: int, workdir: Path, backbone: Optional[str] = None) -> str:
     """fit (finlight CLI, in process) and export the best checkpoint as a Hugging Face directory."""
     from finlight.cli import run_cli
     from finlight.deploy.export import export_hf
 
     config = workdir / "bench_bert_tiny.yaml"
-    config.write_text(TRAIN_CONFIG.format(epochs=epochs, data=data, max_length=max_length))
+    model = BACKBONE_MODEL.format(backbone=backbone) if backbone else SCRATCH_MODEL
+    config.write_text(TRAIN_CONFIG.format(epochs=epochs, data=data, max_length=max_length, model=model))
     cwd = os.getcwd()
     os.chdir(workdir)
     try:
@@ -84,12 +97,7 @@ def timed_rounds(variants: dict, texts, repeats: int) -> dict[str, float]:
     that load from other processes drifts over all variants alike instead of penalising whichever ran last."""
     for fn in variants.values():
         fn(texts[:64])  # warm-up
-    seconds = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, fn in variants.items():
-            start = time.perf_counter()
-            fn(texts)
-            seconds[name].append(time.perf_counter() - start)
+    seconds = interleaved({name: (lambda fn=fn: fn(texts)) for name, fn in variants.items()}, repeats)
     return {name: statistics.median(s) for name, s in seconds.items()}
 
 
@@ -105,7 +113,18 @@ def main() -> None:
     parser.add_argument("--max_length", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=str(ROOT / "bench_out" / "inference"))
+    parser.add_argument("--backbone", default=None,
+                        help="fine-tune this pretrained encoder (an HF directory, or 'minilm' for the installed "
+                             "all-MiniLM-L6-v2) instead of training bert-tiny from scratch")
+    parser.add_argument("--quick", action="store_true",
+                        help="a check of the script: 1 training epoch, 512 timed texts, 1 round, no unfused graphs")
     args = parser.parse_args()
+    if args.backbone == "minilm":
+        from training import minilm_dir  # benchmarks/training.py
+
+        args.backbone = minilm_dir()
+    if args.quick:
+        args.epochs, args.repeats = 1, 1
 
     import numpy as np
     import torch
@@ -115,23 +134,28 @@ def main() -> None:
 
     from finlight.deploy.onnx import export_onnx
     from finlight.deploy.predictor import Predictor
+    from machine import encoder_forward_flops, print_header
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     torch.set_num_threads(args.threads)
+    peak = print_header(args.quick)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="run_", dir=out))
     if not Path(args.data).is_file():
         sys.exit(f"benchmark: {args.data} not found (real data lives in ../shared/data)")
     all_texts, texts, labels = test_split(args.data, args.max_length)
-    model_dir = args.model or train_model(args.data, args.epochs, args.max_length, workdir)
+    if args.quick:
+        all_texts = all_texts[:512]
+    model_dir = args.model or train_model(args.data, args.epochs, args.max_length, workdir, args.backbone)
     manifest = export_onnx(model_dir, str(workdir / "onnx"), int8=True, max_length=args.max_length)  # fused graph
-    unfused = export_onnx(model_dir, str(workdir / "onnx_unfused"), int8=True, max_length=args.max_length,
-                          optimize=False)
+    unfused = None if args.quick else export_onnx(model_dir, str(workdir / "onnx_unfused"), int8=True,
+                                                  max_length=args.max_length, optimize=False)
     torch.set_num_threads(args.threads)  # training may have changed it
 
     hf_model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    hf_config = hf_model.config
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     names = [hf_model.config.id2label[i] for i in range(hf_model.config.num_labels)]
     pipe = pipeline("text-classification", model=hf_model, tokenizer=tokenizer, device=torch.device("cpu"))
@@ -146,39 +170,56 @@ def main() -> None:
     variants = {
         "transformers pipeline (reference)": pipeline_labels,
         "finlight Predictor, torch": predictor_labels(Predictor.load(model_dir, "torch", **load)),
+        "finlight Predictor, torch bf16": predictor_labels(Predictor.load(model_dir, "torch-bf16", **load)),
         "  same, batches unsorted": predictor_labels(Predictor.load(model_dir, "torch", sort_by_length=False, **load)),
         "finlight Predictor, ONNX fp32": predictor_labels(Predictor.load(str(workdir / "onnx"), "onnx", **load)),
         "finlight Predictor, ONNX INT8": predictor_labels(Predictor.load(str(workdir / "onnx"), "onnx-int8", **load)),
-        "  ONNX fp32, unfused graph": predictor_labels(Predictor.load(str(workdir / "onnx_unfused"), "onnx", **load)),
-        "  ONNX INT8, unfused graph": predictor_labels(
-            Predictor.load(str(workdir / "onnx_unfused"), "onnx-int8", **load)),
     }
+    if unfused is not None:
+        variants["  ONNX fp32, unfused graph"] = predictor_labels(
+            Predictor.load(str(workdir / "onnx_unfused"), "onnx", **load))
+        variants["  ONNX INT8, unfused graph"] = predictor_labels(
+            Predictor.load(str(workdir / "onnx_unfused"), "onnx-int8", **load))
+    # FLOPs as each variant pads: the pipeline and the unsorted Predictor batch in input order, the rest sorted
+    lengths = [len(ids) for ids in tokenizer(all_texts, truncation=True, max_length=args.max_length)["input_ids"]]
+    sorted_lengths = sorted(lengths, reverse=True)
+    chunks = {"input order": lengths, "sorted": sorted_lengths}
+    flops = {kind: encoder_forward_flops(hf_config, [max(ls[i:i + args.batch_size]) for i in range(0, len(ls), args.batch_size)
+                                                     for _ in range(len(ls[i:i + args.batch_size]))])
+             for kind, ls in chunks.items()}
     seconds = timed_rounds(variants, all_texts, args.repeats)
     results = {name: {"samples_per_s": len(all_texts) / seconds[name], "seconds": seconds[name],
                       "predicted": fn(texts)} for name, fn in variants.items()}
     reference = results["transformers pipeline (reference)"]
     torch_labels = results["finlight Predictor, torch"]["predicted"]
     truth = [names[i] for i in labels]
-    print(f"\nbert-tiny shape ({sum(p.numel() for p in hf_model.parameters()) / 1e6:.2f} M params), "
+    shape = f"{hf_config.num_hidden_layers}×{hf_config.hidden_size} {hf_config.model_type}"
+    print(f"\n{shape} ({sum(p.numel() for p in hf_model.parameters()) / 1e6:.2f} M params, {model_dir}), "
           f"{len(all_texts)} PhraseBank AllAgree texts timed, {len(texts)}-text test split scored; "
           f"{args.threads} thread(s), batch {args.batch_size}, max_length {args.max_length}, median of {args.repeats} interleaved rounds\n")
-    print(f"{'variant':36s} {'samples/s':>10s} {'× pipeline':>11s} {'test acc':>9s} {'macro-F1':>9s} {'= torch':>8s}")
+    print(f"{'variant':36s} {'samples/s':>10s} {'× pipeline':>11s} {'test acc':>9s} {'macro-F1':>9s} {'= torch':>8s} "
+          f"{'GFLOP/s':>8s} {'% peak':>7s}")
     table = {}
     for name, r in results.items():
         accuracy = float(np.mean([p == t for p, t in zip(r["predicted"], truth)]))
         macro = float(f1_score(truth, r["predicted"], labels=names, average="macro"))
         agreement = float(np.mean([p == t for p, t in zip(r["predicted"], torch_labels)]))
         ratio = r["samples_per_s"] / reference["samples_per_s"]
-        print(f"{name:36s} {r['samples_per_s']:10.0f} {ratio:10.2f}× {accuracy:9.4f} {macro:9.4f} {agreement:8.1%}")
+        order = "input order" if ("pipeline" in name or "unsorted" in name) else "sorted"
+        gflops = flops[order] / r["seconds"] / 1e9
+        share = gflops / peak["bf16" if "bf16" in name else "fp32"]
+        print(f"{name:36s} {r['samples_per_s']:10.0f} {ratio:10.2f}× {accuracy:9.4f} {macro:9.4f} {agreement:8.1%} "
+              f"{gflops:8.1f} {100 * share:6.0f}%")
         table[name.strip()] = {"samples_per_s": r["samples_per_s"], "ratio_vs_pipeline": ratio,
-                               "test_accuracy": accuracy, "test_macro_f1": macro, "agreement_with_torch": agreement}
+                               "test_accuracy": accuracy, "test_macro_f1": macro, "agreement_with_torch": agreement,
+                               "gflops": gflops, "peak_share": share}
     print(f"\nONNX check: max |fp32 − torch| = {manifest['check']['fp32']['max_abs_diff']:.1e}, "
           f"max |int8 − torch| = {manifest['check']['int8']['max_abs_diff']:.3f}; sizes (MB): "
           + ", ".join(f"{k} {v:.2f}" for k, v in manifest["sizes_mb"].items())
           + f"; ORT optimizer fused: {manifest['optimized']}")
     with open(out / "inference.json", "w") as handle:
         json.dump({"setup": vars(args) | {"model_dir": model_dir, "timed_texts": len(all_texts),
-                                          "test_texts": len(texts)}, "results": table,
+                                          "test_texts": len(texts)}, "peak_gflops": peak, "results": table,
                    "onnx": manifest, "onnx_unfused": unfused}, handle, indent=2)
     print(f"→ {out / 'inference.json'}")
 

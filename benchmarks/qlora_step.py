@@ -26,6 +26,8 @@ import tempfile
 import threading
 import time
 
+from _timing import seconds_per_call  # benchmarks/_timing.py
+
 VARIANTS = ["fp32_lora", "fp32_full", "nf4_lora", "int8_lora"]
 
 
@@ -87,7 +89,6 @@ def run_variant(variant: str, path: str, args) -> dict:
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
     ids = torch.randint(0, 4096, (args.batch, args.seq), device=device)
-    times = []
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     else:  # hand the load's freed buffers (the fp32 weights bitsandbytes quantized from) back to the OS
@@ -96,24 +97,22 @@ def run_variant(variant: str, path: str, args) -> dict:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     sampler = RssSampler()
     sampler.start()
-    for step in range(args.steps + 1):
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+    losses = []
+
+    def step() -> None:
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if cuda:
-            torch.cuda.synchronize()
-        if step:  # the first step pays for lazy initialisation
-            times.append(time.perf_counter() - start)
+        losses.append(loss.detach())
+
+    times = seconds_per_call(step, args.steps, warmup=1, cuda=cuda)  # the first step pays for lazy initialisation
     sampler.running = False
     sampler.join()
     peak = (torch.cuda.max_memory_allocated() if cuda else sampler.peak) - baseline
     return {"variant": variant, "weights_mb": weights / 2**20, "peak_mb": peak / 2**20,
             "step_s": statistics.median(times), "trainable": sum(p.numel() for p in trainable),
-            "loss": float(loss)}
+            "loss": float(losses[-1])}
 
 
 def main() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import re
 import sys
 import warnings
 from pathlib import Path
@@ -22,12 +21,13 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from finlight.core.callbacks import EvaluationReport, PredictionWriter, RunCheckpoint
+from finlight.core.callbacks.hparams import HParamsSummary
 from finlight.core.callbacks.rng_state import RNGState
-from finlight.core.checkpoints import check_finlight_checkpoint, resolve_checkpoint_alias
+from finlight.core.checkpoints import check_checkpoint_suits, check_finlight_checkpoint, resolve_checkpoint_alias
 from finlight.errors import FinlightError
 
 DEFAULT_LOGGER = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                  "init_args": {"save_dir": "logs", "name": "default"}}
+                  "init_args": {"save_dir": "logs", "name": "default", "default_hp_metric": False}}
 
 
 class FinlightCLI(LightningCLI):
@@ -43,6 +43,7 @@ class FinlightCLI(LightningCLI):
         parser.add_lightning_class_args(EvaluationReport, "report")
         parser.add_lightning_class_args(RNGState, "rng_state")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
+        parser.add_lightning_class_args(HParamsSummary, "hparams")
 
     def _parse_ckpt_path(self) -> None:
         """Before Lightning reads ``--ckpt_path``: ``best|last`` in a new process mean the newest fit of this
@@ -59,18 +60,31 @@ class FinlightCLI(LightningCLI):
                     # resuming: keep writing into the interrupted run's folders, not a new version_N
                     self._resume_version = os.path.basename(os.path.dirname(resolved))
                 config.ckpt_path = path = resolved
-            check_finlight_checkpoint(path)
+            checkpoint = check_finlight_checkpoint(path)
+            check_checkpoint_suits(checkpoint, path, config.model.get("class_path") if config.get("model") else None)
+            if subcommand == "fit" and "optimizer_states" not in checkpoint:
+                raise FinlightError(f"{path} holds weights only (as best checkpoints do), not the state a fit "
+                                    f"resumes from; resume with --ckpt_path last")
         # Lightning would now overwrite the model's config with the checkpoint's hyper-parameters, silently
         # ignoring --model.* on the command line. finlight runs the config it is given; the checkpoint
         # supplies weights and architecture (each module rebuilds its backbone from it in on_load_checkpoint).
 
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand]
+        from finlight.commands import plain, refuse_nulls
+
+        config = plain(self.config[self.subcommand])  # range-typed numbers → plain (weights_only checkpoints)
+        for key in ("model", "data"):
+            refuse_nulls(config.get(key), key)
+        for callback in config.trainer.get("callbacks") or []:
+            refuse_nulls(callback, f"trainer.callbacks[{callback.get('class_path')}]")
         logger = config.trainer.logger
         if _is_tensorboard(logger) and logger.init_args.get("name") in (None, "default", "lightning_logs"):
             logger.init_args.name = _experiment(config)
 
     def before_fit(self) -> None:
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, HParamsSummary):
+                callback.set_config(self.config[self.subcommand].clone().as_dict())
         if self._resume_version is not None and getattr(self.trainer.logger, "_version", 0) is None:
             self.trainer.logger._version = self._resume_version
 
@@ -81,6 +95,23 @@ class FinlightCLI(LightningCLI):
             self.model.weights_from_checkpoint = True
 
     before_validate = before_test = before_predict = _weights_from_checkpoint
+
+    def instantiate_trainer(self, **kwargs):
+        """``trainer.precision: auto`` (the default) becomes bf16-mixed or 32-true for this machine (one line
+        says which and why); the choice is recorded in the run folder as ``precision.json``."""
+        from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+        from finlight.core.precision import AUTO, PrecisionRecord, resolve_precision
+
+        config = self._get(self.config_init, "trainer", default={})
+        choice = resolve_precision(kwargs.get("precision", config.get("precision")), config.get("accelerator"))
+        if choice.requested == AUTO:
+            kwargs["precision"] = choice.precision
+            if rank_zero_only.rank == 0:
+                print(f"finlight: precision auto → {choice.precision} ({choice.reason})")
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.append(PrecisionRecord(choice))
+        return trainer
 
 
 def _is_tensorboard(logger) -> bool:
@@ -107,14 +138,9 @@ def _finlight_cause(err: BaseException) -> Optional[FinlightError]:
 
 def _first_line(err: Exception) -> str:
     """jsonargparse nests errors (model → class_path → key); keep the innermost key and its reason."""
-    text = str(err)
-    lines = [line.strip().lstrip("- ").strip() for line in text.splitlines() if line.strip()]
-    keys = re.findall(r'Parser key "([^"]+)"', text)
-    noise = ("Parser key", "Does not validate", "Subtypes", "Errors", "Given value", "Problem with given class_path")
-    reasons = [line for line in lines if not line.startswith(noise) and "NoneType" not in line]
-    if keys and reasons:
-        return f"{'.'.join(dict.fromkeys(keys))}: {reasons[0]}"
-    return lines[0] if lines else type(err).__name__
+    from finlight.commands import error_line
+
+    return error_line(err)
 
 
 def _config_stem(config) -> Optional[str]:
@@ -147,6 +173,7 @@ EXTRA_COMMANDS = {
     "export-onnx": "finlight.deploy.onnx:export_onnx_main",
     "quantize": "finlight.quantize.ptq:quantize_main",
     "models": "finlight.core.pretrained:models_main",
+    "tfidf": "finlight.core.classical:tfidf_main",
 }
 
 
@@ -158,7 +185,8 @@ def run_cli(args: Optional[list[str]] = None, **kwargs) -> FinlightCLI:
         None, None,
         subclass_mode_model=True, subclass_mode_data=True,
         seed_everything_default=42,
-        trainer_defaults={"logger": DEFAULT_LOGGER, "plugins": [{"class_path": "finlight.core.checkpoints.AtomicCheckpointIO"}]},
+        trainer_defaults={"logger": DEFAULT_LOGGER, "precision": "auto",  # see finlight.core.precision
+                          "plugins": [{"class_path": "finlight.core.checkpoints.AtomicCheckpointIO"}]},
         parser_kwargs={"default_env": False, "allow_abbrev": False, "exit_on_error": False},
         save_config_kwargs={"overwrite": True},  # only a resumed run writes into an existing folder
         args=args, **kwargs,
@@ -180,6 +208,8 @@ def refuse_old_paths(argv: list[str]) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
+    from finlight.commands import check_config_files
+
     given = argv
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -189,6 +219,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             _configure_logging()
             getattr(importlib.import_module(module), function)(argv[1:])
         else:
+            check_config_files(argv)  # a YAML mistake names its file and line
             run_cli(given)
     except FinlightError as err:
         print(f"finlight: error: {err}", file=sys.stderr)

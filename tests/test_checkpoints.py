@@ -61,3 +61,41 @@ def test_aliases_pick_the_newest_run(tmp_path):
         torch.save({"callbacks": {"RunCheckpoint{...}": {"best_model_path": str(folder / best)}}}, folder / "last.ckpt")
     assert resolve_checkpoint_alias("last", str(tmp_path), "exp") == str(tmp_path / "exp" / "version_2" / "last.ckpt")
     assert resolve_checkpoint_alias("best", str(tmp_path), "exp") == str(tmp_path / "exp" / "version_2" / "b.ckpt")
+
+
+def test_best_holds_weights_only_last_the_full_state_and_both_serve_their_use(in_tmp, capsys):
+    """Best files carry what evaluation needs (weights + the module's own entries), last.ckpt what a resume needs;
+    the sizes and write times are logged."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from finlight.cli import main, run_cli
+    from helpers import tiny_config
+
+    config = tiny_config(in_tmp)
+    fit = run_cli(["fit", "--config", config])
+    callback = fit.trainer.checkpoint_callback
+    best, last = load_checkpoint(callback.best_model_path), load_checkpoint(callback.last_model_path)
+    assert {"optimizer_states", "lr_schedulers", "callbacks"} <= set(last)
+    assert not {"optimizer_states", "lr_schedulers", "callbacks"} & set(best)
+    assert {"state_dict", "finlight", "hyper_parameters", "epoch", "global_step"} <= set(best)
+    assert best["finlight"].keys() == last["finlight"].keys() and best["finlight"]["label_names"]
+    assert best["state_dict"].keys() == last["state_dict"].keys()
+    assert os.path.getsize(callback.best_model_path) < 0.5 * os.path.getsize(callback.last_model_path)  # AdamW: 2 moments
+
+    events = EventAccumulator(fit.trainer.log_dir).Reload()
+    assert {"checkpoint/best_mb", "checkpoint/best_write_s", "checkpoint/last_mb", "checkpoint/last_write_s"} <= set(
+        events.Tags()["scalars"])
+    assert events.Scalars("checkpoint/last_mb")[-1].value == pytest.approx(
+        os.path.getsize(callback.last_model_path) / 1e6, rel=1e-3)
+
+    # evaluation from the weights-only file reproduces the score that selected it
+    tested = run_cli(["validate", "--config", config, "--ckpt_path", "best"])
+    assert float(tested.trainer.callback_metrics["val/macro_f1"]) == pytest.approx(float(callback.best_model_score), abs=1e-6)
+    # a fit cannot resume from it: one line pointing to last
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", config, "--ckpt_path", callback.best_model_path])
+    assert "holds weights only" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit):  # last.ckpt as a link to a weights-only file could never resume
+        main(["fit", "--config", config, "--checkpoint.save_last", "link"])
+    assert "save_last=link" in capsys.readouterr().err

@@ -10,33 +10,16 @@ import torch
 import yaml
 
 from finlight.cli import main, run_cli
+from helpers import one_line_error, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_config(folder: Path, name: str = "tiny", model: dict | None = None, data: dict | None = None,
-                trainer: dict | None = None) -> str:
-    config = {
-        "seed_everything": 7,
-        "trainer": {"max_epochs": 2, "deterministic": True, "enable_progress_bar": False,
-                    "enable_model_summary": False, "log_every_n_steps": 5, **(trainer or {})},
-        "model": {"class_path": "finlight.core.SequenceClassifier", "init_args": model or {
-            "scratch": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64,
-                        "vocab_size": 600, "max_position_embeddings": 128},
-            "learning_rate": 3e-3, "warmup_ratio": 0.1}},
-        "data": {"class_path": "finlight.core.ClassificationDataModule", "init_args": data or {
-            "path": "demo", "label_names": ["negative", "neutral", "positive"], "max_length": 48,
-            "batch_size": 32}},
-    }
-    path = folder / f"{name}.yaml"
-    path.write_text("# python -m finlight fit --config " + path.name + "\n" + yaml.safe_dump(config))
-    return str(path)
 
 
 def best_score(trainer) -> float:
     return float(trainer.checkpoint_callback.best_model_score)
 
 
+@pytest.mark.slow
 def test_fit_test_predict_export_round_trip(in_tmp):
     config = tiny_config(in_tmp)
     fit = run_cli(["fit", "--config", config])
@@ -94,6 +77,7 @@ def test_fit_test_predict_export_round_trip(in_tmp):
     torch.testing.assert_close(got, expected)
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_run(in_tmp):
     config = tiny_config(in_tmp, trainer={"max_epochs": 1})
 
@@ -121,15 +105,6 @@ def test_print_config_resolves_defaults(in_tmp, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["init_args"]["scratch"]["hidden_size"] == 32
     assert printed["checkpoint"]["monitor"] == "val/macro_f1"
-
-
-def one_line_error(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err, "no error printed"
-    return err[-1]
 
 
 def test_config_typo_is_a_short_error(in_tmp, capsys):
@@ -164,11 +139,16 @@ def test_every_config_starts_with_its_command_and_parses(config, capsys):
     path = REPO / "configs" / config
     first = path.read_text().splitlines()[0]
     assert first.startswith("# python -m finlight ") and f"configs/{config}" in first
+    command = first.split("python -m finlight ")[1].split()[0]  # the command the header runs
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(["fit", "--config", str(path), "--print_config"])
+        if command in ("fit", "validate", "test", "predict", "models"):
+            run_cli(["fit", "--config", str(path), "--print_config"])
+        else:  # an extra command's own settings (e.g. tfidf)
+            main([command, "--config", str(path), "--print_config"])
     assert exit_info.value.code == 0, capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resume_from_last_continues_the_run_and_matches_an_uninterrupted_one(in_tmp):
     config = tiny_config(in_tmp, trainer={"max_epochs": 3})
     uninterrupted = run_cli(["fit", "--config", config, "--experiment", "straight"]).trainer.callback_metrics
@@ -182,6 +162,7 @@ def test_resume_from_last_continues_the_run_and_matches_an_uninterrupted_one(in_
         assert float(resumed.trainer.callback_metrics[key]) == pytest.approx(float(uninterrupted[key]), abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_a_checkpoint_is_evaluated_without_building_the_configured_backbone(in_tmp):
     """The checkpoint carries backbone config, tokenizer and weights: `test --ckpt_path` with a config that names
     an unreachable hub id (offline) must not try to load it, and scores exactly what the original config scores."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from test_cli import tiny_config
+from helpers import tiny_config
 
 
 def finlight(*args, cwd):
@@ -23,6 +23,7 @@ def metrics(folder: Path, experiment: str, version: int, stage: str) -> dict:
     return json.loads((folder / "logs" / experiment / f"version_{version}" / f"{stage}_metrics.json").read_text())["metrics"]
 
 
+@pytest.mark.slow
 def test_ddp_fit_then_validate_matches_a_single_process(in_tmp):
     config = tiny_config(in_tmp, name="ddp", trainer={"max_epochs": 1})
     ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]

@@ -3,17 +3,16 @@
 import os
 import pdb
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 pytest.importorskip("perforatedai", reason="the dendrites extra is not installed")
 
 from finlight.dendrites.perforate import (DendriteOptions, dendrite_count, pai_guard, perforate, preflight,  # noqa: E402
                                 probe_output_ranks, select_modules)
 from finlight.errors import FinlightError  # noqa: E402
+from helpers import dendritic_config  # noqa: E402
 
 BLOCK = "bert.encoder.layer.0."
 
@@ -117,20 +116,7 @@ def test_no_configuration_leaks_between_perforations(tiny_bert, batch, tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------- end to end
-def dendritic_config(folder: Path, max_epochs: int = 6) -> str:
-    from test_cli import tiny_config
-
-    path = Path(tiny_config(folder, name="dendritic", trainer={"max_epochs": max_epochs, "limit_train_batches": 3,
-                                                                    "log_every_n_steps": 1}))
-    config = yaml.safe_load(path.read_text())
-    config["model"] = {"class_path": "finlight.dendrites.DendriticClassifier", "init_args": {
-        "scratch": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64,
-                    "vocab_size": 600, "max_position_embeddings": 128},
-        "learning_rate": 3e-3, "dendrites": {"smoke_test": True}}}
-    path.write_text("# python -m finlight fit --config dendritic.yaml\n" + yaml.safe_dump(config))
-    return str(path)
-
-
+@pytest.mark.slow
 def test_fit_restructures_stops_resumes_and_checkpoints_rebuild_exactly(in_tmp):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -186,9 +172,10 @@ def test_fit_restructures_stops_resumes_and_checkpoints_rebuild_exactly(in_tmp):
         assert float(resumed.trainer.callback_metrics[key]) == pytest.approx(value, abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_before_the_first_switch_a_dendritic_run_is_the_baseline_run(in_tmp):
     """Same seed: wrapping (candidates idle) and the probe/preflight change no number of epoch 0."""
-    from test_cli import tiny_config
+    from helpers import tiny_config
 
     from finlight.cli import run_cli
 

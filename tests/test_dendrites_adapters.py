@@ -88,7 +88,7 @@ def test_adapter_checkpoint_keeps_dendrites_and_drops_only_the_frozen_base():
 
 
 def phi_config(folder: Path, phi_dir: Path, quantization: dict | None, name: str) -> str:
-    from test_cli import tiny_config
+    from helpers import tiny_config
 
     model = {"backbone": str(phi_dir), "learning_rate": 3e-3,
              "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": PROJECTIONS},
@@ -104,6 +104,7 @@ def phi_config(folder: Path, phi_dir: Path, quantization: dict | None, name: str
     return str(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("quantization", [None, {"bits": 4, "quant_type": "nf4", "compute_dtype": "float32"}],
                          ids=["lora", "lora_nf4"])
 def test_lora_and_nf4_backbones_get_dendrites_and_checkpoints_rebuild(in_tmp, tiny_phi_dir, quantization):
@@ -146,6 +147,7 @@ def test_ddp_is_refused_before_anything_is_built():
     assert module.model is None
 
 
+@pytest.mark.slow
 def test_nf4_lora_dendritic_fit_resumes_exactly(in_tmp, tiny_phi_dir):
     """The Phi-2 combination (NF4 + LoRA + checkpointing) crashed after two switches and resumed from its
     adapter-only last.ckpt (fresh base load + saved dendrites) ends where the uninterrupted run ends."""

@@ -13,8 +13,9 @@ from finlight.errors import FinlightError  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.mark.slow
 def test_onnx_export_of_a_dendritic_checkpoint_matches_the_lightning_model(in_tmp):
-    from test_dendrites import dendritic_config
+    from helpers import dendritic_config
 
     from finlight.cli import run_cli
     from finlight.dendrites.perforate import dendrite_count

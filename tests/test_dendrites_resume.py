@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("perforatedai", reason="the dendrites extra is not installed")
 
-from test_resume import finlight  # noqa: E402
+from helpers import run_finlight as finlight  # noqa: E402
 
 
 def switch_epochs(folder: Path, experiment: str) -> list[int]:
@@ -19,8 +19,9 @@ def switch_epochs(folder: Path, experiment: str) -> list[int]:
     return next(v for k, v in checkpoint["callbacks"].items() if k.startswith("PAITracker"))["switch_epochs"]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_dendritic_run(in_tmp):
-    from test_dendrites import dendritic_config
+    from helpers import dendritic_config
 
     from finlight.cli import run_cli
 

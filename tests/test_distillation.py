@@ -15,11 +15,10 @@ from finlight.distill.student import DistillationStudent, pkd_layer_map
 from finlight.distill.teacher import classify_logits, load_classifier
 from finlight.distill.pseudo_label import pseudo_label
 
-from conftest import SENTENCES, write_labelled_csv
+from helpers import DISTILL_CORPUS as CORPUS, student_args, write_data
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["negative", "neutral", "positive"]
-CORPUS = [f"{t[:-1]} in period {r}." for r in range(4) for ts in SENTENCES.values() for t in ts]
 
 
 def softmax(xs):
@@ -83,27 +82,7 @@ def test_pkd_layer_maps_skip_last_explicit_and_mask_the_last_layer():
 
 
 # ---------------------------------------------------------------------------------------------- modules
-def write_data(folder: Path) -> None:
-    write_labelled_csv(folder / "labelled.csv", 3)
-    (folder / "corpus").mkdir()
-    (folder / "corpus" / "ect.txt").write_text("\n".join(CORPUS) + "\n", encoding="utf-8")
-
-
-def student_args(name: str, hidden: int = 16, epochs: int = 1, pseudo: bool = True) -> list[str]:
-    s = "--model.init_args.scratch"
-    args = ["--seed_everything", "3", "--experiment", name, "--trainer.max_epochs", str(epochs),
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-            "--trainer.log_every_n_steps", "2", "--report.write_png", "false",
-            "--model", "finlight.distill.DistillationStudent",
-            f"{s}.hidden_size", str(hidden), f"{s}.num_layers", "2", f"{s}.num_heads", "2",
-            f"{s}.intermediate_size", "32", f"{s}.vocab_size", "300", f"{s}.max_position_embeddings", "64",
-            "--model.init_args.learning_rate", "3e-3",
-            "--data", "finlight.distill.PseudoLabelledDataModule",
-            "--data.init_args.path", "labelled.csv", "--data.init_args.label_names", "[negative, neutral, positive]",
-            "--data.init_args.batch_size", "16", "--data.init_args.max_length", "32"]
-    return args + (["--data.init_args.pseudo_label_path", "pl.jsonl"] if pseudo else [])
-
-
+@pytest.mark.slow
 def test_pkd_with_online_teacher_freezes_it_and_keeps_it_out_of_checkpoints(tiny_hf_dir, in_tmp):
     write_data(in_tmp)
     pseudo_label(str(tiny_hf_dir), ["corpus"], "pl.jsonl", progress_bar=False)
@@ -143,6 +122,7 @@ def test_pkd_with_online_teacher_freezes_it_and_keeps_it_out_of_checkpoints(tiny
     assert torch.equal(test.model.pkd_projection.weight, checkpoint["state_dict"]["pkd_projection.weight"])
 
 
+@pytest.mark.slow
 def test_kd_from_file_then_stage_two_from_the_stage_one_checkpoint(tiny_hf_dir, in_tmp):
     write_data(in_tmp)
     pseudo_label(str(tiny_hf_dir), ["corpus"], "pl.jsonl", progress_bar=False)
@@ -210,6 +190,7 @@ def test_configs_parse_and_name_their_command(name, capsys):
         assert expected in printed
 
 
+@pytest.mark.slow
 def test_kd_student_resumes_after_a_crash_to_the_same_result(tiny_hf_dir, in_tmp):
     from conftest import InterruptAtEpoch  # noqa: F401  (used by class_path below)
 

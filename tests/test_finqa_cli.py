@@ -14,7 +14,7 @@ from finlight.cli import run_cli
 from finlight.errors import FinlightError
 
 from conftest import save_tiny_llama
-from test_finqa_prompts_metrics import SENTENCES, bpe_tokenizer
+from helpers import FINQA_SENTENCES as SENTENCES, finqa_bpe_tokenizer as bpe_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -107,6 +107,7 @@ def test_scratch_decoder_learns_the_program_and_is_scored_by_executing_it(in_tmp
     assert [r["correct"] for r in rows] == ["True", "False", "True", "False"]
 
 
+@pytest.mark.slow
 def test_qlora_config_fits_tests_predicts_and_exports_on_a_tiny_llama(in_tmp, tiny_llama_dir):
     from finlight.deploy.export import export_hf
 
@@ -184,6 +185,7 @@ def test_oracle_context_renames_the_metrics_and_a_stale_monitor_is_refused(in_tm
         run_cli(["validate", "--config", config, "--data.init_args.val_path", str(simplified)])
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_shipped_finqa_subsets_run_through_fit_and_test(in_tmp):
     """The real files (original format for train/dev, flattened for test) through a few steps of a tiny

@@ -12,16 +12,7 @@ from finlight.finqa.prompts import (FinQAPromptBuilder, context_units, fit_to_bu
                                     target_text)
 from finlight.finqa.records import FinQARecord
 
-from conftest import byte_bpe_tokenizer
-
-SENTENCES = ["net revenue rose to $ 5829 million in 2015 .", "the company repurchased 2 million shares .",
-             "interest expense decreased by 12 % year over year .", "see note 14 to the financial statements ."]
-
-
-def bpe_tokenizer(chat: bool = True):
-    """A byte-level BPE trained here on the sentences above and a FinQA program."""
-    return byte_bpe_tokenizer(SENTENCES * 3 + ["subtract(5829, 5735), divide(#0, 5735)"] * 3, 400, chat=chat)
-
+from helpers import FINQA_SENTENCES as SENTENCES, finqa_bpe_tokenizer as bpe_tokenizer
 
 def record(pre=None, post=(), gold_inds=None, question="what was the change in net revenue from 2014 to 2015?",
            program="subtract(5829, 5735)", answer=94.0) -> FinQARecord:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from finlight.cli import run_cli
-from test_cli import tiny_config
+from helpers import tiny_config
 
 pytestmark = pytest.mark.gpu
 GPU = {"accelerator": "gpu", "devices": 1}
@@ -71,7 +71,7 @@ def test_resume_on_gpu_restores_the_cuda_random_state(in_tmp):
 
 
 def test_layer_drop_on_gpu_optimizes_cuda_parameters_and_reloads(in_tmp):
-    from test_layer_drop import drop_config
+    from helpers import drop_config
 
     config = drop_config(in_tmp, "gpu_drop")
     fit = run_cli(["fit", "--config", config, "--checkpoint.save_top_k", "-1", "--trainer.accelerator", "gpu",
@@ -116,7 +116,7 @@ def test_predictor_on_cuda_equals_cpu(tiny_hf_dir):
 
 def test_distillation_teacher_follows_the_student_to_the_gpu(tiny_hf_dir, in_tmp):
     from finlight.distill.pseudo_label import pseudo_label
-    from test_distillation import student_args, write_data
+    from helpers import student_args, write_data
 
     write_data(in_tmp)
     pseudo_label(str(tiny_hf_dir), ["corpus"], "pl.jsonl", progress_bar=False, device="cuda")
@@ -153,7 +153,7 @@ def test_quantized_lora_sequence_classifier_fits_and_retests_on_gpu(in_tmp, tiny
 def test_dendritic_fit_restructures_on_gpu(in_tmp):
     pytest.importorskip("perforatedai")
     from finlight.dendrites.tracker import PAITracker, optimizer_parameter_ids
-    from test_dendrites import dendritic_config
+    from helpers import dendritic_config
 
     fit = run_cli(["fit", "--config", dendritic_config(in_tmp), "--trainer.accelerator", "gpu",
                    "--trainer.devices", "1", *RECORD])
@@ -173,7 +173,7 @@ def test_layer_drop_snapshot_waits_in_cpu_memory_and_a_revert_restores_it_to_the
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from finlight.prune.layer_drop import offloaded_copy
-    from test_layer_drop import ProbeMetric, drop_config  # noqa: F401  (ProbeMetric: class_path below)
+    from helpers import drop_config
 
     model = LlamaForCausalLM(LlamaConfig(vocab_size=1000, hidden_size=256, intermediate_size=512,
                                          num_hidden_layers=4, num_attention_heads=4)).cuda()
@@ -183,7 +183,7 @@ def test_layer_drop_snapshot_waits_in_cpu_memory_and_a_revert_restores_it_to_the
     assert {p.device.type for p in snapshot.parameters()} == {"cpu"}
 
     config = drop_config(in_tmp, "gpu_collapse", epochs=4, tolerance=0.5, method="block_influence",
-                         monitor="val/probe", extra_callbacks=[{"class_path": "test_layer_drop.ProbeMetric"}])
+                         monitor="val/probe", extra_callbacks=[{"class_path": "helpers.ProbeMetric"}])
     fit = run_cli(["fit", "--config", config, "--trainer.accelerator", "gpu", "--trainer.devices", "1", *RECORD])
     assert fit.trainer.current_epoch == 2 and fit.model.model.config.num_hidden_layers == 3  # restored
     # the epoch that reverted ended with the restored model on the GPU and an optimizer over exactly its weights
@@ -194,7 +194,7 @@ def test_sublayer_pruned_decoder_on_gpu_and_in_4bit_keeps_its_kv_cache_exact(tmp
     """Attention of layer 0 and MLP of layer 2 removed: on the GPU the KV cache gives the full forward's
     logits; saved and reloaded in 4-bit on the GPU with no missing key, cached == uncached generation."""
     from finlight.prune.surgery import RemovedAttention, layer_list
-    from test_sublayer_surgery import cache_gap, load_4bit, save_pruned_llama
+    from helpers import cache_gap, load_4bit, save_pruned_llama
 
     model = save_pruned_llama(tmp_path, hidden=128)
     assert cache_gap(model.to("cuda").eval()) < 1e-4  # fp32 on the GPU; a wrong cache slot: ~1e-3 and more
@@ -208,7 +208,7 @@ def test_sublayer_pruned_decoder_on_gpu_and_in_4bit_keeps_its_kv_cache_exact(tmp
 
 
 def test_sublayer_schedule_on_gpu(in_tmp):
-    from test_sublayer_surgery import sublayer_run_config
+    from helpers import sublayer_run_config
 
     config = sublayer_run_config(in_tmp, "gpu_trim", extra_callback="test_gpu.RecordDevices")
     fit = run_cli(["fit", "--config", config, "--trainer.accelerator", "gpu", "--trainer.devices", "1"])

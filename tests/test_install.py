@@ -42,6 +42,7 @@ def test_the_venv_holds_exactly_the_locked_versions():
     assert not missing and not extra, f"differs from the lock: wanted {missing}, not in the lock {extra}"
 
 
+@pytest.mark.slow
 def test_a_plain_run_prints_no_bitsandbytes_kernel_notice(tmp_path):
     """transformers' get_scheduler imports peft → bitsandbytes, which logs that it could not fetch an optional
     kernel from the Hub; finlight drops that one message (finlight/__init__.py)."""

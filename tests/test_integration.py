@@ -21,6 +21,7 @@ MAJORITY_MACRO_F1 = 0.254
 REQUIRED_MACRO_F1 = 0.60
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_from_scratch_on_phrasebank_allagree_beats_the_majority_baseline(in_tmp):
     config = str(REPO / "configs" / "quickstart_scratch.yaml")
@@ -38,6 +39,7 @@ def test_from_scratch_on_phrasebank_allagree_beats_the_majority_baseline(in_tmp)
     assert macro_f1 > REQUIRED_MACRO_F1 > MAJORITY_MACRO_F1
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.parametrize("config, data_path", [
     ("finbert_phrasebank.yaml", PHRASEBANK_ALL),

@@ -77,6 +77,7 @@ def test_footprint_of_a_plain_module():
     assert info["parameters"] == 1010 and 0.004 < info["disk_size_mb"] < 0.01
 
 
+@pytest.mark.slow
 def test_callback_after_test_writes_json_tensorboard_and_reference_speedup(binary_run_config, tiny_hf_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -10,33 +10,12 @@ import torch
 from finlight.prune.layer_drop import SuccessiveLayerDrop, calibration_metric, hidden_state_scores
 from finlight.cli import run_cli
 from finlight.errors import FinlightError
-from test_cli import tiny_config
-
-SCRATCH = {"hidden_size": 32, "num_layers": 3, "num_heads": 2, "intermediate_size": 64, "vocab_size": 600,
-           "max_position_embeddings": 128}
+from helpers import ProbeMetric, RecordOptimizer, drop_config
 
 
-def drop_config(folder: Path, name: str, epochs: int = 3, extra_callbacks=(), **drop_args) -> str:
-    callback = {"class_path": "finlight.prune.SuccessiveLayerDrop",
-                "init_args": {"every_n_epochs": 1, "target_layers": 1, "calibration_examples": 24, **drop_args}}
-    return tiny_config(folder, name, model={"scratch": SCRATCH, "learning_rate": 3e-3, "warmup_ratio": 0.1},
-                       trainer={"max_epochs": epochs, "callbacks": [callback, *extra_callbacks]})
-
-
-class RecordOptimizer(pl.Callback):
-    """Keeps what the trainer optimises at each epoch start (runs after the drop: callbacks go in order)."""
-
-    def __init__(self):
-        self.seen = []
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        optimizer = trainer.optimizers[0]
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        self.seen.append((params, optimizer.param_groups[0]["lr"], trainer.global_step))
-
-
+@pytest.mark.slow
 def test_ablation_drops_to_target_and_pruned_checkpoint_reloads(in_tmp):
-    config = drop_config(in_tmp, "sapling", extra_callbacks=[{"class_path": "test_layer_drop.RecordOptimizer"}])
+    config = drop_config(in_tmp, "sapling", extra_callbacks=[{"class_path": "helpers.RecordOptimizer"}])
     # keep every epoch's checkpoint: Lightning 2.6 rewrites last.ckpt only when a top-k checkpoint is saved
     fit = run_cli(["fit", "--config", config, "--checkpoint.save_top_k", "-1"])
     module, trainer = fit.model, fit.trainer
@@ -82,24 +61,10 @@ def test_ablation_drops_to_target_and_pruned_checkpoint_reloads(in_tmp):
     assert float(validated.trainer.callback_metrics["val/macro_f1"]) == pytest.approx(float(saved[middle]), abs=1e-6)
 
 
-class ProbeMetric(pl.Callback):
-    """Logs ``val/probe``: 1 at epoch 0, then 0 — a monitored metric that collapses right after the first drop
-    — and keeps epoch 0's real ``val/macro_f1``."""
-
-    def __init__(self):
-        self.first_macro_f1 = None
-
-    def on_validation_epoch_end(self, trainer, pl_module):
-        pl_module.log("val/probe", 1.0 if trainer.current_epoch == 0 else 0.0)
-
-    def on_validation_end(self, trainer, pl_module):
-        if trainer.current_epoch == 0 and not trainer.sanity_checking:
-            self.first_macro_f1 = float(trainer.callback_metrics["val/macro_f1"])
-
-
+@pytest.mark.slow
 def test_validation_collapse_restores_the_model_before_the_drop(in_tmp):
     config = drop_config(in_tmp, "collapse", epochs=4, tolerance=0.5, method="block_influence", monitor="val/probe",
-                         extra_callbacks=[{"class_path": "test_layer_drop.ProbeMetric"}])
+                         extra_callbacks=[{"class_path": "helpers.ProbeMetric"}])
     fit = run_cli(["fit", "--config", config, "--checkpoint.save_top_k", "-1"])
     module, trainer = fit.model, fit.trainer
     assert trainer.current_epoch == 2  # stopped after epoch 1's validation, not at max_epochs
@@ -155,8 +120,9 @@ def test_bad_settings_are_refused():
         SuccessiveLayerDrop(target_layers=2, method="magic")
 
 
+@pytest.mark.slow
 def test_a_monitor_that_is_not_logged_is_an_error(in_tmp, capsys):
-    from test_cli import one_line_error
+    from helpers import one_line_error
 
     config = drop_config(in_tmp, "typo", epochs=1, monitor="val/macro-f1")
     message = one_line_error(capsys, ["fit", "--config", config, "--trainer.limit_train_batches", "2"])
@@ -166,7 +132,7 @@ def test_a_monitor_that_is_not_logged_is_an_error(in_tmp, capsys):
 def test_targets_and_the_albert_candidate():
     from types import SimpleNamespace
 
-    from test_surgery import albert, bert
+    from helpers import albert, bert
 
     from finlight.prune.surgery import drop_layers, parameter_count
 
@@ -207,6 +173,7 @@ def test_offloaded_copy_is_a_cpu_deep_copy_that_keeps_ties_and_trainability():
     assert model.model.embed_tokens.weight.abs().sum() > 0  # independent storage
 
 
+@pytest.mark.slow
 def test_a_layer_drop_run_resumed_after_a_crash_ends_where_an_uninterrupted_one_ends(in_tmp):
     from conftest import InterruptAtEpoch  # noqa: F401  (class_path below)
 

@@ -5,36 +5,13 @@ import json
 
 import pytest
 import torch
-import yaml
 
-from conftest import write_labelled_csv
 from finlight.prune.layer_drop import calibration_metric, first_examples
 from finlight.cli import run_cli
+from helpers import decoder_config
 
 
-def decoder_config(folder, method: str) -> str:
-    write_labelled_csv(folder / "rows.csv", 3)
-    config = {
-        "seed_everything": 3,
-        "trainer": {"max_epochs": 3, "enable_progress_bar": False, "enable_model_summary": False,
-                    "deterministic": True, "log_every_n_steps": 1,
-                    "callbacks": [{"class_path": "finlight.prune.SuccessiveLayerDrop",
-                                   "init_args": {"every_n_epochs": 1, "method": method, "target_layers": 1,
-                                                 "calibration_examples": 10, "tolerance": 1.0}}]},
-        "checkpoint": {"save_top_k": -1},
-        "model": {"class_path": "finlight.causal_lm.CausalLMClassifier", "init_args": {
-            "scratch": {"hidden_size": 32, "num_layers": 3, "num_heads": 2, "num_kv_heads": 1,
-                        "intermediate_size": 64, "vocab_size": 400, "max_position_embeddings": 160},
-            "learning_rate": 3e-3}},
-        "data": {"class_path": "finlight.causal_lm.InstructionDataModule", "init_args": {
-            "path": "rows.csv", "label_names": ["negative", "neutral", "positive"],
-            "split_ratios": [0.5, 0.25, 0.25], "max_length": 128, "batch_size": 8, "eval_batch_size": 8}},
-    }
-    path = folder / f"decoder_{method}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return str(path)
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["ablation", "block_influence"])
 def test_decoder_drops_to_target_renumbers_layers_and_reloads(in_tmp, method, one_thread):
     config = decoder_config(in_tmp, method)

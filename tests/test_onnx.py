@@ -63,6 +63,7 @@ def test_int8_model_is_quantized_and_close(onnx_dir, tiny_hf_dir):
                                                                               "int8": "model.int8.onnx"}
 
 
+@pytest.mark.slow
 def test_predictor_backends_agree_and_keep_input_order(onnx_dir, tiny_hf_dir):
     from finlight.deploy.predictor import Predictor
 
@@ -88,6 +89,7 @@ def _softmax(x):
     return e / e.sum(-1, keepdims=True)
 
 
+@pytest.mark.slow
 def test_export_from_finlight_checkpoint_unfused_dynamo_graph(tiny_hf_dir, tmp_path, capsys):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -144,3 +146,64 @@ def test_predictor_token_ids_equal_the_tokenizer_call(tiny_hf_dir, side):
         assert got == expected
         assert max(map(len, got)) <= max_length
     assert any(len(ids) == 6 for ids in token_id_encoder(tokenizer, 6)(texts))
+
+
+def test_int8_recipes_quantize_what_they_say_and_are_compared(onnx_dir, tiny_hf_dir, tmp_path):
+    import onnx
+    from transformers import AutoConfig, AutoTokenizer
+
+    from finlight.deploy.onnx import INT8_RECIPES, compare_int8_recipes, length_sorted_feeds, quantize_int8
+
+    out, _ = onnx_dir
+    fp32 = str(out / "model.onnx")
+    config, tokenizer = AutoConfig.from_pretrained(tiny_hf_dir), AutoTokenizer.from_pretrained(tiny_hf_dir)
+    ops = {}
+    for recipe in INT8_RECIPES:
+        path = str(tmp_path / f"{recipe}.onnx")
+        quantize_int8(fp32, path, recipe, config, length_sorted_feeds(tokenizer, TEXTS, 64))
+        ops[recipe] = [(n.op_type, n.name) for n in onnx.load(path).graph.node]
+    kinds = {recipe: {op for op, _ in nodes} for recipe, nodes in ops.items()}
+    assert "QAttention" in kinds["dynamic"]  # the fused attention's Q/K/V weights in 8 bits
+    assert "Attention" in kinds["matmul"] and "QAttention" not in kinds["matmul"] and "MatMulInteger" in kinds["matmul"]
+    assert "EmbedLayerNormalization" in kinds["matmul"]  # the embeddings stay fp32
+    kept = [name for op, name in ops["matmul-per-channel-ffn-out-fp32"] if op == "MatMul"]
+    assert len(kept) == config.num_hidden_layers  # one FFN output projection per layer left in fp32
+    assert {"QuantizeLinear", "DequantizeLinear"} <= kinds["static-qdq"]
+    with pytest.raises(FinlightError, match="calibration"):
+        quantize_int8(fp32, str(tmp_path / "x.onnx"), "static-qdq", config)
+
+    study = compare_int8_recipes(fp32, tokenizer, TEXTS, 64, config, calibration_texts=TEXTS[:6], threads=1,
+                                 repeats=1)
+    assert study["texts"] == len(TEXTS) and set(study["recipes"]) == {"fp32", *INT8_RECIPES}
+    for recipe in INT8_RECIPES:
+        r = study["recipes"][recipe]
+        assert 0.0 <= r["agreement"] <= 1.0 and r["agreement"] == 1 - r["disagreements"] / len(TEXTS)
+        assert r["samples_per_s"] > 0 and r["size_mb"] > 0
+
+
+def test_export_records_the_recipe_and_the_comparison(tiny_hf_dir, tmp_path, capsys):
+    from finlight.cli import main
+    from finlight.deploy.onnx import DEFAULT_INT8
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(TEXTS) + "\n")
+    out = tmp_path / "onnx"
+    main(["export-onnx", "--model", str(tiny_hf_dir), "--output_dir", str(out), "--int8_compare", str(texts)])
+    manifest = json.loads((out / "finlight_onnx.json").read_text())
+    assert manifest["int8_recipe"] == DEFAULT_INT8 and (out / "model.int8.onnx").is_file()
+    assert manifest["int8_options"]["recipes"]["static-qdq"] == {"skipped": "no calibration texts"}
+    assert manifest["int8_options"]["recipes"][DEFAULT_INT8]["agreement"] >= 0
+    assert "agreement with fp32" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["export-onnx", "--model", str(tiny_hf_dir), "--output_dir", str(tmp_path / "o2"), "--int8",
+              "--int8_recipe", "fastest"])
+    assert "choose one of" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+
+
+def test_predictor_torch_bf16_backend_is_close_to_fp32(tiny_hf_dir):
+    from finlight.deploy.predictor import Predictor
+
+    fp32 = Predictor.load(str(tiny_hf_dir), backend="torch").predict_proba(TEXTS)
+    bf16 = Predictor.load(str(tiny_hf_dir), backend="torch-bf16")
+    assert bf16.backend == "torch-bf16"
+    np.testing.assert_allclose(bf16.predict_proba(TEXTS), fp32, atol=0.03)

@@ -62,6 +62,7 @@ def test_round_trip_rows_match_unpadded_teacher_and_reorder_by_name(tiny_hf_dir,
         read_pseudo_labels("out/pl.jsonl", ["bearish", "neutral", "bullish"])
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_without_lost_or_duplicated_rows(tiny_hf_dir, in_tmp, monkeypatch):
     corpus = write_corpus(in_tmp / "corpus")
     args = dict(batch_size=4, chunk_size=10, progress_bar=False)

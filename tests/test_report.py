@@ -14,6 +14,7 @@ from sklearn.metrics import f1_score
 
 from finlight.errors import FinlightError
 from finlight.report.compare import build_report, macro_f1, mcnemar_test, mean_std, paired_bootstrap
+from helpers import RUN_TRUTH as TRUTH, write_run
 
 
 def _pairs(both_right: int, only_a: int, only_b: int, both_wrong: int):
@@ -68,47 +69,18 @@ def test_mean_std_uses_sample_std():
 
 
 # ---------------------------------------------------------------------------------------------- hand-made runs
-LABELS = ["negative", "neutral", "positive"]
-TRUTH = [0, 1, 2, 0, 1, 2, 0, 1, 2, 1]
-
-
-def _write_run(folder, seed=None, metrics=None, predicted=None, curve=None, lr=1e-3, checkpoint=None, truth=TRUTH):
-    from torch.utils.tensorboard import SummaryWriter
-
-    os.makedirs(folder, exist_ok=True)
-    if seed is not None:
-        with open(os.path.join(folder, "config.yaml"), "w") as handle:
-            yaml.safe_dump({"seed_everything": seed, "model": {"init_args": {"learning_rate": lr}},
-                            "trainer": {"logger": {"init_args": {"version": None}}}}, handle)
-    if curve is not None:
-        writer = SummaryWriter(folder)
-        for epoch, value in enumerate(curve):
-            writer.add_scalar("epoch", epoch, 10 * epoch + 9)
-            writer.add_scalar("val/macro_f1", value, 10 * epoch + 9)
-        writer.close()
-    if metrics is not None:
-        with open(os.path.join(folder, "test_metrics.json"), "w") as handle:
-            json.dump({"checkpoint": checkpoint, "label_names": LABELS, "metrics": metrics}, handle)
-    if predicted is not None:
-        with open(os.path.join(folder, "test_predictions.csv"), "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["index", "label", "predicted"] + [f"prob_{n}" for n in LABELS])
-            for i, (y, p) in enumerate(zip(truth, predicted)):
-                writer.writerow([i, LABELS[y], LABELS[p]] + [0.8 if c == p else 0.1 for c in range(3)])
-
-
 def test_report_aggregates_hand_made_runs(in_tmp):
     # baseline: fit and test in one folder (the seeds layout); seeds 1, 2, 3
     base_f1 = [0.70, 0.74, 0.78]
     base_pred = [0, 1, 2, 0, 1, 2, 1, 2, 0, 0]  # 6 right
     for i, (seed, f1) in enumerate(zip((1, 2, 3), base_f1)):
-        _write_run(f"logs/base/version_{i}", seed, {"test/acc": 0.6, "test/macro_f1": f1}, base_pred,
+        write_run(f"logs/base/version_{i}", seed, {"test/acc": 0.6, "test/macro_f1": f1}, base_pred,
                    curve=[0.3, 0.5 + i / 100, 0.45])
     # candidate: fit folders (config, curves) and separate test folders that name their checkpoints
     cand_pred = [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]  # 9 right; vs base: only_a 0, only_b 3
     for i, (seed, f1) in enumerate(zip((1, 2), (0.80, 0.90))):
-        _write_run(f"logs/cand/version_{i}", seed, curve=[0.6, 0.7 + i / 10])
-        _write_run(f"logs/cand/version_{i + 2}", None, {"test/acc": 0.9, "test/macro_f1": f1}, cand_pred,
+        write_run(f"logs/cand/version_{i}", seed, curve=[0.6, 0.7 + i / 10])
+        write_run(f"logs/cand/version_{i + 2}", None, {"test/acc": 0.9, "test/macro_f1": f1}, cand_pred,
                    checkpoint=f"checkpoints/cand/version_{i}/epoch01.ckpt")
     result = build_report(["logs"], "out", baseline="base", resamples=200)
 
@@ -142,9 +114,9 @@ def test_report_aggregates_hand_made_runs(in_tmp):
 
 
 def test_report_notes_mixed_configs_and_different_test_sets(in_tmp):
-    _write_run("logs/base/version_0", 1, {"test/macro_f1": 0.7}, [0] * 10, lr=1e-3)
-    _write_run("logs/base/version_1", 2, {"test/macro_f1": 0.7}, [0] * 10, lr=5e-4)
-    _write_run("logs/other/version_0", 1, {"test/macro_f1": 0.7}, [0] * 10, truth=[1] + TRUTH[1:])
+    write_run("logs/base/version_0", 1, {"test/macro_f1": 0.7}, [0] * 10, lr=1e-3)
+    write_run("logs/base/version_1", 2, {"test/macro_f1": 0.7}, [0] * 10, lr=5e-4)
+    write_run("logs/other/version_0", 1, {"test/macro_f1": 0.7}, [0] * 10, truth=[1] + TRUTH[1:])
     result = build_report(["logs/base", "logs/other"], "out", resamples=200)
     assert result["baseline"] == "base" and result["pairs"] == []
     assert any("mixes configurations" in n and "model.init_args.learning_rate" in n for n in result["notes"])
@@ -152,13 +124,13 @@ def test_report_notes_mixed_configs_and_different_test_sets(in_tmp):
 
 
 def test_retests_of_one_checkpoint_count_once(in_tmp):
-    _write_run("logs/a/version_0", 1, curve=[0.5])
+    write_run("logs/a/version_0", 1, curve=[0.5])
     ckpt = "checkpoints/a/version_0/epoch00.ckpt"
-    _write_run("logs/a/version_1", None, {"test/macro_f1": 0.6}, [0] * 10, checkpoint=ckpt)
+    write_run("logs/a/version_1", None, {"test/macro_f1": 0.6}, [0] * 10, checkpoint=ckpt)
     with open("logs/a/version_1/latency.json", "w") as handle:
         json.dump({"parameters": 1234, "disk_size_mb": 0.5, "batches": {"1": {"ms_mean": 2.0, "samples_per_s": 500}}}, handle)
-    _write_run("logs/a/version_10", None, {"test/macro_f1": 0.6}, [0] * 10, checkpoint=ckpt)
-    _write_run("logs/a/version_2", 2, {"test/macro_f1": 0.8}, [0] * 10)
+    write_run("logs/a/version_10", None, {"test/macro_f1": 0.6}, [0] * 10, checkpoint=ckpt)
+    write_run("logs/a/version_2", 2, {"test/macro_f1": 0.8}, [0] * 10)
     result = build_report(["logs"], "out", resamples=200)
     assert [r["run"] for r in result["runs"]] == [os.path.join("logs", "a", "version_2"),
                                                   os.path.join("logs", "a", "version_10")]  # natural order: 2 < 10
@@ -178,14 +150,15 @@ def test_report_command_errors_are_one_line(in_tmp, capsys):
     with pytest.raises(SystemExit):
         main(["report", "logs"])
     assert "no tested runs" in capsys.readouterr().err
-    _write_run("logs/a/version_0", 1, {"test/macro_f1": 0.7}, [0] * 10)
+    write_run("logs/a/version_0", 1, {"test/macro_f1": 0.7}, [0] * 10)
     with pytest.raises(FinlightError, match="--baseline 'zzz'"):
         build_report(["logs"], "out", baseline="zzz", resamples=200)
-    _write_run("logs/b/version_0", 1, {"test/macro_f1": 0.7}, [0] * 10)
+    write_run("logs/b/version_0", 1, {"test/macro_f1": 0.7}, [0] * 10)
     with pytest.raises(FinlightError, match="--baseline 'zzz'"):
         build_report(["logs"], "out", baseline="zzz", resamples=200)
 
 
+@pytest.mark.slow
 def test_seeds_command_runs_each_seed_and_same_seed_gives_same_result(binary_run_config, capsys):
     from finlight.cli import main
 

@@ -4,22 +4,11 @@ uninterrupted run ends (deterministic mode), and the crash left no broken checkp
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from test_cli import tiny_config
-
-
-def finlight(*args, cwd, check=True):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parent)}
-    result = subprocess.run([sys.executable, "-m", "finlight", *args], cwd=cwd, env=env, capture_output=True,
-                            text=True, timeout=600)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
+from helpers import run_finlight as finlight, tiny_config
 
 
 def final_val_metrics(folder: Path, experiment: str) -> dict:
@@ -30,6 +19,7 @@ def final_val_metrics(folder: Path, experiment: str) -> dict:
     return json.loads((runs[-1] / "val_metrics.json").read_text())["metrics"]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(in_tmp):
     tiny_config(in_tmp, name="sk", trainer={"max_epochs": 3})
     finlight("fit", "--config", "sk.yaml", "--experiment", "straight", cwd=in_tmp)
@@ -46,6 +36,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(in_tmp):
         assert resumed[key] == pytest.approx(straight[key], abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_causal_lm_classifier_resumes_to_the_same_result(in_tmp):
     """The resume machinery is the CLI's (checkpoint + RNG callbacks), so every module gets it: here the
     instruction-tuned decoder (from scratch, constrained scoring)."""

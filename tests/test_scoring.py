@@ -7,8 +7,9 @@ import torch
 
 from finlight.errors import FinlightError
 from finlight.core.losses import answer_only_lm_loss
-from finlight.causal_lm.scoring import (check_label_tokens, class_log_probs, first_token_log_probs, parse_answer,
-                              sequence_log_prob, unparseable_rate)
+from finlight.causal_lm.scoring import (cached_label_log_probs, check_label_tokens, class_log_probs,
+                                       first_token_log_probs, label_continuations, parse_answer, sequence_log_prob,
+                                       unparseable_rate)
 
 WORDS = ["Negative", "Neutral", "Positive"]
 
@@ -72,3 +73,20 @@ def test_answer_only_loss_is_the_mean_over_answer_tokens():
     # row 0 position 2: -log .75; row 1 position 1 (from logits[1, 0], uniform): -log .5
     expected = (-math.log(0.75) - math.log(0.5)) / 2
     assert answer_only_lm_loss(logits, lm_labels).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_cached_scores_add_the_first_token_from_the_prompt_and_the_rest_from_the_continuation():
+    labels = [[5, 9, 2], [6], [7, 3]]
+    inputs, targets, mask = label_continuations(labels)
+    assert inputs.tolist() == [[5, 9], [0, 0], [7, 0]] and targets.tolist() == [[9, 2], [0, 0], [3, 0]]
+    assert mask.tolist() == [[True, True], [False, False], [True, False]]
+    torch.manual_seed(0)
+    n, vocab = 2, 11
+    prompt = torch.randn(n, vocab)
+    continuation = torch.randn(n * 3, 2, vocab)  # row i*3 + j: prompt i, label j
+    got = cached_label_log_probs(prompt, continuation, labels)
+    p, c = prompt.log_softmax(-1), continuation.log_softmax(-1)
+    for i in range(n):
+        expected = [p[i, 5] + c[3 * i, 0, 9] + c[3 * i, 1, 2], p[i, 6], p[i, 7] + c[3 * i + 2, 0, 3]]
+        torch.testing.assert_close(got[i], torch.stack(expected))
+    torch.testing.assert_close(cached_label_log_probs(prompt, None, [[5], [6]]), p[:, [5, 6]])

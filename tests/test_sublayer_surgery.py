@@ -10,7 +10,6 @@ from types import SimpleNamespace
 import lightning.pytorch as pl
 import pytest
 import torch
-import yaml
 from torch import nn
 
 from finlight.prune.layer_drop import SuccessiveLayerDrop
@@ -18,7 +17,8 @@ from finlight.cli import run_cli
 from finlight.errors import FinlightError
 from finlight.prune.surgery import (RemovedAttention, RemovedMLP, bypass, count_sublayers, drop_layers, drop_unit,
                               layer_list, parameter_count, removed_parts, units)
-from test_surgery import IDS, bert, logits, qwen2
+from helpers import (IDS, ProbeMetric, RecordOptimizer, bert, cache_gap, load_4bit, logits, qwen2, save_pruned_llama,
+                     sublayer_run_config)
 
 PROMPT = IDS[:1, :4]
 
@@ -75,21 +75,6 @@ def reload(model, tmp_path, auto=None):
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
     assert list(loaded.state_dict()) == list(model.state_dict())
     return loaded.eval()
-
-
-def cache_gap(model) -> float:
-    """Largest logit difference between one full forward and a prompt + token-by-token pass through the KV
-    cache. Greedy tokens of a random-init model hide wrong cache positions (gaps ~1e-3 keep the argmax), this
-    does not."""
-    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]], device=model.device)
-    with torch.no_grad():
-        full = model(ids).logits
-        out = model(ids[:, :4], use_cache=True)
-        steps = [out.logits]
-        for t in range(4, ids.shape[1]):
-            out = model(ids[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
-            steps.append(out.logits)
-    return float((torch.cat(steps, dim=1) - full).abs().max())
 
 
 def greedy(model, use_cache: bool) -> torch.Tensor:
@@ -250,31 +235,6 @@ def test_sublayer_stop_criteria():
 
 
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("bitsandbytes"), reason="bitsandbytes not installed")
-def save_pruned_llama(path, hidden: int = 64):
-    """A 3-layer Llama without layer 0's attention and layer 2's MLP, saved to ``path`` (and returned)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=hidden, intermediate_size=2 * hidden,
-                                         num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-                                         max_position_embeddings=64))
-    drop_unit(model, ("attention", 0))
-    drop_unit(model, ("mlp", 2))
-    model.save_pretrained(path)
-    return model
-
-
-def load_4bit(path, place, compute_dtype):
-    """``from_pretrained`` in bitsandbytes 4-bit onto ``place``; asserts that every saved key fitted."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    quantized, info = AutoModelForCausalLM.from_pretrained(
-        path, quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute_dtype),
-        device_map={"": place}, output_loading_info=True)
-    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
-    return quantized
-
-
 def test_a_pruned_decoder_loads_in_4_bit(tmp_path):
     """bitsandbytes swaps the Linear layers after __init__: the stand-ins are in place by then, so the saved keys
     fit exactly. Widths are multiples of 32 (this CPU's 4-bit kernels need it)."""
@@ -286,27 +246,9 @@ def test_a_pruned_decoder_loads_in_4_bit(tmp_path):
     assert torch.equal(greedy(quantized, True), greedy(quantized, False))
 
 
-def sublayer_run_config(folder, name: str = "trimllm_tiny", extra_callback: str = "test_layer_drop.RecordOptimizer",
-                        **drop_args) -> str:
-    """The tiny 3-layer Llama label-word classifier of test_layer_drop_decoder, trimmed 6 → 3 parts."""
-    from test_layer_drop_decoder import decoder_config
-
-    config = yaml.safe_load(open(decoder_config(folder, "ablation")))
-    config["trainer"]["max_epochs"] = 4
-    config["trainer"]["callbacks"] = [
-        {"class_path": "finlight.prune.SuccessiveLayerDrop",
-         "init_args": {"granularity": "sublayer", "target_sublayers": 3, "calibration_examples": 10,
-                       "tolerance": 1.0, **drop_args}},
-        {"class_path": extra_callback}]
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return str(path)
-
-
+@pytest.mark.slow
 def test_sublayer_schedule_through_the_cli(in_tmp, one_thread):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from test_layer_drop import RecordOptimizer
 
     config = sublayer_run_config(in_tmp)
     fit = run_cli(["fit", "--config", config])
@@ -358,9 +300,7 @@ def test_sublayer_schedule_through_the_cli(in_tmp, one_thread):
 
 
 def test_a_collapse_after_a_sublayer_drop_restores_the_model_before_it(in_tmp, one_thread):
-    from test_layer_drop import ProbeMetric
-
-    config = sublayer_run_config(in_tmp, "trim_collapse", "test_layer_drop.ProbeMetric", monitor="val/probe",
+    config = sublayer_run_config(in_tmp, "trim_collapse", "helpers.ProbeMetric", monitor="val/probe",
                                  tolerance=0.5)
     fit = run_cli(["fit", "--config", config])
     module, trainer = fit.model, fit.trainer

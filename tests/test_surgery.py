@@ -6,27 +6,7 @@ import torch
 
 from finlight.errors import FinlightError
 from finlight.prune.surgery import bypass, drop_layers, drop_unit, family, layer_list, parameter_count, units
-
-IDS = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 0, 0, 0]])
-MASK = (IDS != 0).long()
-
-
-def bert():
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    return BertForSequenceClassification(BertConfig(
-        vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=32, num_labels=3)).eval()
-
-
-def albert():
-    from transformers import AlbertConfig, AlbertForSequenceClassification
-
-    torch.manual_seed(0)
-    return AlbertForSequenceClassification(AlbertConfig(
-        vocab_size=50, embedding_size=16, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=32, num_labels=3)).eval()
+from helpers import IDS, MASK, albert, bert, logits, qwen2
 
 
 def llama():
@@ -36,22 +16,6 @@ def llama():
     return LlamaForCausalLM(LlamaConfig(
         vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1,
         intermediate_size=64, max_position_embeddings=64, pad_token_id=0, eos_token_id=1, bos_token_id=2)).eval()
-
-
-def qwen2():
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    return Qwen2ForCausalLM(Qwen2Config(
-        vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1,
-        intermediate_size=64, max_position_embeddings=64, use_sliding_window=True, sliding_window=4,
-        layer_types=["full_attention", "sliding_attention", "full_attention"],
-        pad_token_id=0, eos_token_id=1, bos_token_id=2)).eval()
-
-
-def logits(model):
-    with torch.no_grad():
-        return model(input_ids=IDS, attention_mask=MASK).logits
 
 
 def reload_exactly(model, tmp_path):

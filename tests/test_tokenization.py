@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from finlight.core.data.tokenization import (LengthGroupedSampler, PaddingCollator, SortedSampler, encode_texts,
                                         padding_efficiency, train_wordpiece_tokenizer, wordpiece_vocabulary)
@@ -13,6 +14,7 @@ from conftest import SENTENCES
 TEXTS = [t for ts in SENTENCES.values() for t in ts] * 2
 
 
+@pytest.mark.slow
 def test_wordpiece_vocabulary_is_deterministic_across_processes():
     code = ("from finlight.core.data.tokenization import wordpiece_vocabulary as w; from conftest import SENTENCES;"
             "print('|'.join(w([t for ts in SENTENCES.values() for t in ts] * 2, 120)))")

@@ -9,11 +9,14 @@ untuned model: the zero-shot "before" row.
 
 from __future__ import annotations
 
+import inspect
 import logging
+import time
 from dataclasses import dataclass
 from typing import Literal, Optional
 
 import torch
+from jsonargparse.typing import NonNegativeFloat, PositiveFloat, PositiveInt
 from torchmetrics import MaxMetric
 
 from finlight.errors import FinlightError
@@ -25,8 +28,8 @@ from finlight.core.adapters import (CAUSAL_HEADS, LoraOptions, QuantizationOptio
 from finlight.core.backbone import _unreachable, backbone_state, rebuild_backbone, set_pad_token
 from finlight.core.base import ClassificationModule
 from finlight.core.optim import Schedule
-from finlight.causal_lm.scoring import (check_label_tokens, class_log_probs, first_token_log_probs, parse_answer,
-                              sequence_log_prob)
+from finlight.causal_lm.scoring import (cached_label_log_probs, check_label_tokens, class_log_probs,
+                                       first_token_log_probs, label_continuations, parse_answer, sequence_log_prob)
 
 log = logging.getLogger("finlight.models")
 CHECKPOINT_KEY = "finlight"
@@ -39,13 +42,13 @@ class CausalScratchConfig:
     """A Llama-shaped decoder from random init, with a deterministic WordPiece vocabulary learnt from the
     training split (plus the label words, so each answer is one token)."""
 
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 128
-    vocab_size: int = 4000
-    max_position_embeddings: int = 512
+    hidden_size: PositiveInt = 64
+    num_layers: PositiveInt = 2
+    num_heads: PositiveInt = 4
+    num_kv_heads: PositiveInt = 2
+    intermediate_size: PositiveInt = 128
+    vocab_size: PositiveInt = 4000
+    max_position_embeddings: PositiveInt = 512
 
 
 def build_causal_from_scratch(cfg: CausalScratchConfig, train_texts: list[str], label_words: list[str]):
@@ -79,9 +82,12 @@ def build_causal_from_scratch(cfg: CausalScratchConfig, train_texts: list[str], 
 
 def load_causal_pretrained(name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False,
                            **load_kwargs):
-    """A hub id or local directory as ``AutoModelForCausalLM`` + tokenizer (pad token set)."""
+    """A hub id, local directory or named offline model as ``AutoModelForCausalLM`` + tokenizer (pad token set)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from finlight.core.pretrained import resolve_backbone
+
+    name_or_path = resolve_backbone(name_or_path)
     try:
         AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
@@ -130,6 +136,12 @@ def causal_backbone_options(backbone, scratch, lora, quantization):
     return scratch, lora, quantization
 
 
+def _accepts(model, argument: str) -> bool:
+    """Whether the (peft-wrapped or plain) causal LM's forward takes ``argument``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return argument in inspect.signature(base.forward).parameters
+
+
 class CausalLMClassifier(ClassificationModule):
     """Instruction-tuned classification with a causal LM (e.g. Llama-3.2-3B-Instruct + QLoRA).
 
@@ -159,9 +171,9 @@ class CausalLMClassifier(ClassificationModule):
         gradient_checkpointing: bool = False,
         dtype: DType = "float32",
         evaluation: Literal["constrained", "generate"] = "constrained",
-        max_new_tokens: int = 4,
-        learning_rate: float = 1e-4,
-        weight_decay: float = 0.0,
+        max_new_tokens: PositiveInt = 4,
+        learning_rate: PositiveFloat = 1e-4,
+        weight_decay: NonNegativeFloat = 0.0,
         scheduler: Schedule = "cosine",
         warmup_ratio: float = 0.03,
         label_names: Optional[list[str]] = None,
@@ -186,6 +198,7 @@ class CausalLMClassifier(ClassificationModule):
         self.label_words: Optional[list[str]] = None
         self.label_token_ids: Optional[list[list[int]]] = None
         self.confusion: dict[str, torch.Tensor] = {}
+        self._scoring_speed = {"tokens": 0, "seconds": 0.0}  # constrained scoring's forward passes, per epoch
 
     @property
     def adapter_only(self) -> bool:
@@ -252,11 +265,35 @@ class CausalLMClassifier(ClassificationModule):
             next_logits = logits[rows, batch["prompt_lengths"] - 1]
             firsts = [t[0] for t in self.label_token_ids]
             return first_token_log_probs(next_logits, firsts).exp()
-        scores = [self._sequence_scores(batch, tokens) for tokens in self.label_token_ids]
-        return class_log_probs(torch.stack(scores, dim=-1)).exp()
+        scores = self._cached_sequence_scores(batch)
+        if scores is None:  # a model that returns no reusable cache: one full pass per label
+            scores = torch.stack([self._sequence_scores(batch, tokens) for tokens in self.label_token_ids], dim=-1)
+        return class_log_probs(scores).exp()
+
+    def _cached_sequence_scores(self, batch: dict) -> Optional[torch.Tensor]:
+        """[batch, k] log p(label tokens | prompt) in two passes instead of k: the left-padded prompts once,
+        keeping their KV cache (its last position predicts every label's first token), then the cache repeated
+        k times and all labels' remaining tokens at once. ``None`` when the model returns no repeatable cache."""
+        prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
+        n, k = len(prompt_ids), len(self.label_token_ids)
+        positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions start at 0
+        keep = {"logits_to_keep": 1} if _accepts(self.model, "logits_to_keep") else {}  # no [n, T, vocab] logits
+        out = self.model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
+                         **keep)
+        cache = getattr(out, "past_key_values", None)
+        if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+            return None
+        inputs = label_continuations(self.label_token_ids)[0].to(prompt_ids.device).repeat(n, 1)  # row i·k + j
+        cache.batch_repeat_interleave(k)  # row i·k + j: prompt i's keys and values, for label j
+        attention_mask = torch.cat([prompt_mask.repeat_interleave(k, 0), torch.ones_like(inputs)], dim=1)
+        steps = torch.arange(1, inputs.shape[1] + 1, device=prompt_ids.device)
+        logits = self.model(input_ids=inputs, attention_mask=attention_mask, past_key_values=cache, use_cache=True,
+                            position_ids=positions[:, -1:].repeat_interleave(k, 0) + steps).logits
+        return cached_label_log_probs(out.logits[:, -1], logits, self.label_token_ids)
 
     def _sequence_scores(self, batch: dict, label_tokens: list[int]) -> torch.Tensor:
-        """log p(label tokens | prompt) per row: prompts (left-padded) followed by the label's tokens."""
+        """log p(label tokens | prompt) per row: prompts (left-padded) followed by the label's tokens (one full
+        pass per label: the reference `_cached_sequence_scores` is tested against, and its fallback)."""
         prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
         n, width = prompt_ids.shape
         tail = torch.as_tensor(label_tokens, device=prompt_ids.device).expand(n, -1)
@@ -275,13 +312,23 @@ class CausalLMClassifier(ClassificationModule):
                                self.max_new_tokens)
 
     def _evaluation_step(self, batch: dict, stage: str) -> None:
+        start = time.perf_counter()
         logits = self(batch["input_ids"], batch["attention_mask"])
+        forward_seconds = time.perf_counter() - start
         n = len(logits)
         self.log(f"{stage}/loss", answer_only_lm_loss(logits, batch["lm_labels"]), prog_bar=stage == "val",
                  batch_size=n, sync_dist=True)
         metrics = getattr(self, f"{stage}_metrics")
         if self.evaluation == "constrained":
+            start = time.perf_counter()
             metrics.update(self.label_probs(batch, logits), batch["labels"])
+            if self.scoring_mode == "first_token":  # the loss forward is the scoring pass
+                tokens, seconds = int(batch["attention_mask"].sum()), forward_seconds
+            else:
+                tokens = int(batch["prompt_mask"].sum()) + n * sum(len(t) - 1 for t in self.label_token_ids)
+                seconds = time.perf_counter() - start
+            self._scoring_speed["tokens"] += tokens
+            self._scoring_speed["seconds"] += seconds
             return
         parsed = [parse_answer(a, self.label_words) for a in self.generate_answers(batch)]
         unparseable = len(self.label_names)
@@ -295,6 +342,20 @@ class CausalLMClassifier(ClassificationModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluation_step(batch, "test")
+
+    def _log_scoring_speed(self, stage: str) -> None:
+        """``<stage>/scoring_tokens_per_s``: prompt and label tokens through constrained scoring's passes."""
+        speed, self._scoring_speed = self._scoring_speed, {"tokens": 0, "seconds": 0.0}
+        if speed["seconds"] > 0:
+            self.log(f"{stage}/scoring_tokens_per_s", speed["tokens"] / speed["seconds"], sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        self._log_scoring_speed("val")
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        self._log_scoring_speed("test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """Raw answer beside the parsed label (empty when unparseable, and ``parsed`` says so)."""

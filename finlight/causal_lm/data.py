@@ -12,6 +12,7 @@ import logging
 from typing import Any, Optional, Sequence
 
 import torch
+from jsonargparse.typing import PositiveInt
 from torch.utils.data import DataLoader
 
 from finlight.core.data.datamodule import ClassificationDataModule
@@ -165,7 +166,8 @@ class InstructionDataModule(ClassificationDataModule):
 
     def __init__(self, instruction: str = DEFAULT_INSTRUCTION, template: str = DEFAULT_TEMPLATE,
                  use_chat_template: bool = True, label_words: Optional[list[str]] = None,
-                 answer_prefix: str = " ", max_length: int = 256, batch_size: int = 4, **kwargs: Any):
+                 answer_prefix: str = " ", max_length: PositiveInt = 256, batch_size: PositiveInt = 4,
+                 **kwargs: Any):
         super().__init__(max_length=max_length, batch_size=batch_size, **kwargs)
         self.instruction = instruction
         self.template = template

@@ -5,7 +5,9 @@ Two ways to read a label out of a generative model:
 * constrained scoring: compare only the label words. With single-token labels it is the next-token
   distribution at the answer position restricted to the label words' (distinct) first tokens; with any
   multi-token label every label is scored by the log-probability of its full token sequence. Either way the
-  result is a probability per class, so every classification metric applies.
+  result is a probability per class, so every classification metric applies. Multi-token labels cost one
+  pass over the prompt: its KV cache is repeated for the k labels and only the labels' tokens after their
+  first run again (`label_continuations`, `cached_label_log_probs`).
 * generate-and-parse: decode greedily, then read the label word at the start of the answer. An answer that
   starts with no label word is *unparseable* and stays so (``None``): it is counted, never mapped to a class.
 """
@@ -62,6 +64,42 @@ def sequence_log_prob(logits: torch.Tensor, input_ids: torch.Tensor, target_mask
     targets = input_ids[:, 1:]
     picked = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return (picked * target_mask[:, 1:].to(picked.dtype)).sum(-1)
+
+
+def label_continuations(label_tokens: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the continuation pass after a cached prompt feeds and scores, one row per label, right-padded to
+    ``m = longest label - 1`` tokens: ``inputs`` [k, m] are each label's tokens but its last (position ``t``
+    predicts token ``t + 1``), ``targets`` [k, m] its tokens after the first, ``mask`` [k, m] marks real ones.
+    The first token of every label is predicted by the prompt's last position, so it needs no input row."""
+    k, m = len(label_tokens), max(len(t) for t in label_tokens) - 1
+    inputs = torch.zeros((k, m), dtype=torch.long)
+    targets = torch.zeros((k, m), dtype=torch.long)
+    mask = torch.zeros((k, m), dtype=torch.bool)
+    for j, tokens in enumerate(label_tokens):
+        tokens = list(tokens)
+        inputs[j, : len(tokens) - 1] = torch.tensor(tokens[:-1], dtype=torch.long)
+        targets[j, : len(tokens) - 1] = torch.tensor(tokens[1:], dtype=torch.long)
+        mask[j, : len(tokens) - 1] = True
+    return inputs, targets, mask
+
+
+def cached_label_log_probs(next_token_logits: torch.Tensor, continuation_logits: Optional[torch.Tensor],
+                           label_tokens: Sequence[Sequence[int]]) -> torch.Tensor:
+    """[batch, k] ``log p(label_j | prompt_i)`` from one prompt pass and one continuation pass.
+
+    ``next_token_logits`` [n, vocab] are the logits at each prompt's last position (they predict every label's
+    first token); ``continuation_logits`` [n·k, m, vocab] come from feeding `label_continuations`' inputs after
+    the prompt's cache, rows ordered prompt-major (row ``i·k + j`` = prompt ``i``, label ``j``). ``None`` when
+    every label is one token."""
+    firsts = torch.as_tensor([t[0] for t in label_tokens], device=next_token_logits.device)
+    scores = next_token_logits.float().log_softmax(-1).index_select(-1, firsts)
+    if continuation_logits is None or continuation_logits.shape[1] == 0:
+        return scores
+    n, k = scores.shape
+    _, targets, mask = (t.to(next_token_logits.device) for t in label_continuations(label_tokens))
+    log_probs = continuation_logits.float().log_softmax(-1).view(n, k, targets.shape[1], -1)
+    picked = log_probs.gather(-1, targets.expand(n, -1, -1).unsqueeze(-1)).squeeze(-1)
+    return scores + (picked * mask.to(picked.dtype)).sum(-1)
 
 
 def class_log_probs(label_scores: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Optional, Sequence, Union
 
 import torch
+from jsonargparse.typing import PositiveInt
 from torch import nn
 
 from finlight.errors import FinlightError
@@ -41,8 +42,8 @@ class LoraOptions:
         modules_to_save: extra modules trained in full (a sequence-classification head is added by peft).
     """
 
-    r: int = 8
-    alpha: int = 16
+    r: PositiveInt = 8
+    alpha: PositiveInt = 16
     dropout: float = 0.05
     target_modules: Union[str, list[str]] = "all-linear"
     bias: Literal["none", "all", "lora_only"] = "none"

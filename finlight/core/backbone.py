@@ -1,4 +1,5 @@
-"""Backbones: a hub id or local directory, a from-scratch BERT-style config, or a finlight checkpoint.
+"""Backbones: a hub id, a local directory, a named offline model (`finlight.core.pretrained`: ``minilm-l6``, …),
+a from-scratch BERT-style config, or a finlight checkpoint.
 
 Every backbone is a Hugging Face ``AutoModelForSequenceClassification`` plus its tokenizer, so a trained
 model exports as a plain Hugging Face directory usable without finlight.
@@ -13,9 +14,11 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
+from jsonargparse.typing import ClosedUnitInterval, PositiveInt
 from torch import nn
 
 import finlight.prune.surgery  # noqa: F401  (its import builds decoders with their recorded attention / MLP removals)
+from finlight.core.pretrained import resolve_backbone
 from finlight.errors import FinlightError
 
 log = logging.getLogger("finlight.models")
@@ -29,13 +32,13 @@ class ScratchConfig:
     The defaults are the bert-tiny shape (2 layers, hidden 128, 2 heads, FFN 512).
     """
 
-    hidden_size: int = 128
-    num_layers: int = 2
-    num_heads: int = 2
-    intermediate_size: int = 512
-    vocab_size: int = 8000
-    max_position_embeddings: int = 512
-    dropout: float = 0.1
+    hidden_size: PositiveInt = 128
+    num_layers: PositiveInt = 2
+    num_heads: PositiveInt = 2
+    intermediate_size: PositiveInt = 512
+    vocab_size: PositiveInt = 8000
+    max_position_embeddings: PositiveInt = 512
+    dropout: ClosedUnitInterval = 0.1
 
 
 def build_from_scratch(cfg: ScratchConfig, label_names: Sequence[str], train_texts: Sequence[str]):
@@ -68,6 +71,7 @@ def load_pretrained(name_or_path: str, label_names: Sequence[str], trust_remote_
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+    name_or_path = resolve_backbone(name_or_path)
     try:
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)

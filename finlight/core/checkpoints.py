@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import os
+from typing import Optional
 
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
@@ -12,13 +14,20 @@ from finlight.errors import FinlightError
 
 def load_checkpoint(path: str) -> dict:
     """``torch.load`` with ``weights_only=True``: a checkpoint can hold tensors and plain data, never code."""
+    if os.path.islink(path) and not os.path.exists(path):
+        raise FinlightError(f"{path}: a symbolic link to {os.readlink(path)!r}, which does not exist; point "
+                            f"--ckpt_path at the checkpoint itself")
+    if os.path.isdir(path):
+        raise FinlightError(f"{path}: is a directory; point --ckpt_path at a .ckpt file inside it (or use best / last)")
     if not os.path.isfile(path):
         raise FinlightError(f"{path}: no such checkpoint file")
+    if os.path.getsize(path) == 0:
+        raise FinlightError(f"{path}: not a readable checkpoint (the file is empty: an interrupted copy?)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, pickle with code, not a checkpoint at all …
-        raise FinlightError(f"{path}: not a readable checkpoint ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0][:160]})") from None
+        first = (str(err).splitlines() or [""])[0][:160]
+        raise FinlightError(f"{path}: not a readable checkpoint ({type(err).__name__}: {first})") from None
 
 
 def check_finlight_checkpoint(path: str) -> dict:
@@ -29,6 +38,34 @@ def check_finlight_checkpoint(path: str) -> dict:
     if "finlight" not in checkpoint:
         raise FinlightError(f"{path}: was not written by a finlight model (no 'finlight' entry)")
     return checkpoint
+
+
+def check_checkpoint_suits(checkpoint: dict, path: str, class_path: Optional[str] = None) -> None:
+    """The checkpoint suits this run: written by the configured module class (or one it derives from, or that
+    derives from it), and — holding only adapters — its base model still where the run found it."""
+    written_by = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+    if class_path and written_by and written_by != class_path:
+        ours, theirs = import_class(class_path), import_class(written_by)
+        if ours is not None and theirs is not None and not (issubclass(ours, theirs) or issubclass(theirs, ours)):
+            raise FinlightError(f"{path}: written by {written_by}, but model.class_path is {class_path}; use the "
+                                f"config that trained it (the two modules do not share weights)")
+    info = checkpoint.get("finlight") or {}
+    base = info.get("base")
+    if info.get("adapter_only") and isinstance(base, str) and base.startswith((".", "/", "~")) \
+            and not os.path.isdir(os.path.expanduser(base)):
+        raise FinlightError(f"{path}: holds only the trained adapters; their base model {base!r} is gone (no such "
+                            f"directory): put the base back there, or run from the folder the run was trained in")
+
+
+def import_class(class_path: str):
+    """The class a ``class_path`` names, or None when it does not import."""
+    import importlib
+
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
 
 
 def latest_run_dir(root: str, experiment: str) -> str:
@@ -56,6 +93,25 @@ def resolve_checkpoint_alias(alias: str, root: str, experiment: str) -> str:
     return best
 
 
+def plain_numbers(value):
+    """A copy with int / float subclasses (jsonargparse's ``PositiveInt`` … from the config) as plain numbers:
+    a checkpoint holding one no longer loads with ``weights_only=True``. Tensors are kept, not copied."""
+    if isinstance(value, torch.Tensor) or isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int) and type(value) is not int:
+        return int(value)
+    if isinstance(value, float) and type(value) is not float:
+        return float(value)
+    if isinstance(value, dict):
+        out = copy.copy(value)  # the same mapping type (OrderedDict state dicts keep their metadata)
+        for key, item in value.items():
+            out[key] = plain_numbers(item)
+        return out
+    if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
+        return type(value)(plain_numbers(v) for v in value)
+    return value
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints are written to ``<name>.tmp`` beside the target, flushed to disk, then renamed over it.
 
@@ -65,6 +121,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        checkpoint = plain_numbers(checkpoint)
         path = os.fspath(path)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         temporary = f"{path}.tmp"

@@ -6,6 +6,7 @@ import logging
 from typing import Optional
 
 import torch
+from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, PositiveFloat, PositiveInt
 from torchmetrics import MaxMetric
 
 from finlight.core.checkpoints import check_state_dict_fits  # noqa: F401  (re-exported: restore, export)
@@ -53,13 +54,13 @@ class SequenceClassifier(ClassificationModule):
         self,
         backbone: Optional[str] = None,
         scratch: Optional[ScratchConfig] = None,
-        learning_rate: float = 2e-5,
-        weight_decay: float = 0.01,
+        learning_rate: PositiveFloat = 2e-5,
+        weight_decay: NonNegativeFloat = 0.01,
         scheduler: Schedule = "linear",
         warmup_ratio: float = 0.0,
-        step_size: int = 1,
-        gamma: float = 0.1,
-        label_smoothing: float = 0.0,
+        step_size: PositiveInt = 1,
+        gamma: PositiveFloat = 0.1,
+        label_smoothing: ClosedUnitInterval = 0.0,
         use_class_weights: bool = True,
         label_names: Optional[list[str]] = None,
         trust_remote_code: bool = False,
@@ -148,7 +149,8 @@ class SequenceClassifier(ClassificationModule):
 
     # ------------------------------------------------------------------ steps
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        # fp32 logits under bf16 autocast: the loss, metrics and probabilities are computed in fp32
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return weighted_cross_entropy(logits, labels, self.class_weights, self.hparams.label_smoothing)

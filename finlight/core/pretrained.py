@@ -168,12 +168,13 @@ def convert_gguf(gguf: Path, output_dir: Path, dtype: str = "bfloat16") -> Path:
     transformers reads GGUF through the ``gguf`` package; without ``dequantize=True`` it keeps the weights packed
     and the model can neither train nor be saved.
     """
-    try:
-        import gguf  # noqa: F401
-    except ImportError:
-        raise FinlightError("reading GGUF needs the `gguf` package: pip install -e '.[pretrained]'") from None
+    if importlib.util.find_spec("gguf") is None:
+        raise FinlightError("reading GGUF needs the `gguf` package: pip install -e '.[pretrained]'")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # finlight prints its own progress lines
 
     gguf = Path(gguf)
     if not gguf.is_file():
@@ -185,7 +186,8 @@ def convert_gguf(gguf: Path, output_dir: Path, dtype: str = "bfloat16") -> Path:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise FinlightError(f"{gguf}: cannot be read as a GGUF model ({str(err).splitlines()[0][:200]})") from None
-    model.config.quantization_config = None  # the saved weights are plain tensors, not GGUF-packed
+    if hasattr(model.config, "quantization_config"):  # the saved weights are plain tensors, not GGUF-packed
+        del model.config.quantization_config
     if hasattr(model, "hf_quantizer"):
         model.hf_quantizer = None
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, Optional, Union
 
 import torch
+from jsonargparse.typing import NonNegativeFloat, PositiveInt
 from torch import nn
 
 from finlight.errors import FinlightError
@@ -59,9 +60,9 @@ class DendriteOptions:
     targets: Union[str, list[str]] = "linear"
     include_head: bool = False
     smoke_test: bool = False
-    max_dendrites: int = 2
-    n_epochs_to_switch: int = 3
-    improvement_threshold: float = 1e-4
+    max_dendrites: PositiveInt = 2
+    n_epochs_to_switch: PositiveInt = 3
+    improvement_threshold: NonNegativeFloat = 1e-4
     making_graphs: bool = False
     extra: dict = field(default_factory=dict)
 

@@ -5,10 +5,10 @@ The checkpoint alone is enough (it carries the backbone config and tokenizer): n
 
 from __future__ import annotations
 
-import argparse
 import os
 
-from finlight.core.checkpoints import load_checkpoint
+from finlight.commands import run_command
+from finlight.core.checkpoints import check_checkpoint_suits, load_checkpoint
 from finlight.errors import FinlightError
 
 
@@ -22,6 +22,7 @@ def export_hf(ckpt_path: str, output_dir: str, trust_remote_code: bool = False, 
         raise FinlightError(f"{ckpt_path}: not a finlight checkpoint (no 'finlight' entry)")
     if os.path.isdir(output_dir) and os.listdir(output_dir):
         raise FinlightError(f"{output_dir}: exists and is not empty; choose a new --output_dir")
+    check_checkpoint_suits(checkpoint, ckpt_path)
     if "finlight_dendrites" in checkpoint:
         raise FinlightError(f"{ckpt_path}: a dendritic model is not a plain Hugging Face model (its layers carry "
                             f"perforatedai dendrites that AutoModel classes would silently drop); export it with "
@@ -37,16 +38,21 @@ def export_hf(ckpt_path: str, output_dir: str, trust_remote_code: bool = False, 
     return output_dir
 
 
-def export_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m finlight export",
-                                     description="Export a finlight checkpoint as a Hugging Face directory.")
-    parser.add_argument("--ckpt_path", required=True)
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--trust_remote_code", action="store_true")
-    parser.add_argument("--merged", action="store_true",
-                        help="LoRA checkpoints: merge the adapters into the base (default: a peft adapter directory)")
-    args = parser.parse_args(argv)
-    out = export_hf(args.ckpt_path, args.output_dir, args.trust_remote_code, args.merged)
+def export_command(ckpt_path: str, output_dir: str, trust_remote_code: bool = False, merged: bool = False) -> str:
+    """Export a finlight checkpoint as a Hugging Face directory.
+
+    Args:
+        ckpt_path: the finlight checkpoint (.ckpt).
+        output_dir: a new or empty folder for the export.
+        trust_remote_code: run the backbone repository's own code (off unless you trust it).
+        merged: LoRA checkpoints: merge the adapters into the base (default: a peft adapter directory).
+    """
+    out = export_hf(ckpt_path, output_dir, trust_remote_code, merged)
     adapter = os.path.isfile(os.path.join(out, "adapter_config.json"))
     kind = "a peft adapter: load with peft's AutoPeftModel classes" if adapter else "load with AutoModelFor* classes"
-    print(f"finlight: exported {args.ckpt_path} to {out} ({kind})")
+    print(f"finlight: exported {ckpt_path} to {out} ({kind})")
+    return out
+
+
+def export_main(argv: list[str]) -> str:
+    return run_command(export_command, argv, "export")

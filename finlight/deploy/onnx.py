@@ -15,7 +15,6 @@ The source is a Hugging Face directory (``python -m finlight export``) or a finl
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -25,7 +24,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from jsonargparse.typing import PositiveFloat, PositiveInt
 
+from finlight.commands import run_command
 from finlight.errors import FinlightError
 
 log = logging.getLogger("finlight.onnx")
@@ -124,15 +125,192 @@ def compare_with_torch(wrapper: torch.nn.Module, onnx_path: str, tokenizer, text
     return {"max_abs_diff": worst, "argmax_agreement": agree / total, "examples": total, "batches": len(batches)}
 
 
+# INT8 recipes (onnxruntime.quantization). Measured on all-MiniLM-L6-v2 fine-tuned on PhraseBank AllAgree, label
+# agreement with the fp32 graph on the 4,846 PhraseBank 50Agree sentences (see `compare_int8_recipes`):
+INT8_RECIPES = {
+    # every operator onnxruntime's dynamic quantizer knows: MatMul, the fused Attention (Q/K/V weights) and
+    # EmbedLayerNormalization / Gather (the word embeddings in 8 bits); one scale per weight tensor
+    "dynamic": {"mode": "dynamic", "op_types": None, "per_channel": False},
+    "dynamic-per-channel": {"mode": "dynamic", "op_types": None, "per_channel": True},
+    # the MatMul weights only (attention output, FFN in/out, pooler): Q/K/V and the embeddings stay fp32
+    "matmul": {"mode": "dynamic", "op_types": ["MatMul"], "per_channel": False},
+    "matmul-per-channel": {"mode": "dynamic", "op_types": ["MatMul"], "per_channel": True},
+    # as above, and the FFN output projections (GELU activations, the widest ranges) kept in fp32
+    "matmul-per-channel-ffn-out-fp32": {"mode": "dynamic", "op_types": ["MatMul"], "per_channel": True,
+                                        "keep_fp32": "ffn_output"},
+    # static QDQ: activation ranges calibrated (MinMax) on --calibration_texts, weights per channel
+    "static-qdq": {"mode": "static", "op_types": ["MatMul"], "per_channel": True},
+}
+DEFAULT_INT8 = "dynamic"
+
+
+def _ffn_output_matmuls(path: str, config) -> list[str]:
+    """Names of the MatMul nodes whose weight is ``[intermediate_size, hidden_size]`` (each layer's FFN output)."""
+    import onnx
+
+    graph = onnx.load(path, load_external_data=False).graph
+    shapes = {init.name: tuple(init.dims) for init in graph.initializer}
+    wanted = (config.intermediate_size, config.hidden_size)
+    return [node.name for node in graph.node if node.op_type == "MatMul" and any(shapes.get(i) == wanted
+                                                                                for i in node.input)]
+
+
+class _Feeds:
+    """onnxruntime's CalibrationDataReader protocol over a list of feeds."""
+
+    def __init__(self, feeds: list[dict]):
+        self._feeds = iter(feeds)
+
+    def get_next(self):
+        return next(self._feeds, None)
+
+
+def length_sorted_feeds(tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 32) -> list[dict]:
+    """Longest-first batches, each padded to its own longest text (as the Predictor forms them)."""
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    pad = tokenizer.pad_token_id or 0
+    feeds = []
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        width = max(len(encoded[i]) for i in rows)
+        ids = np.full((len(rows), width), pad, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for r, i in enumerate(rows):
+            ids[r, :len(encoded[i])], mask[r, :len(encoded[i])] = encoded[i], 1
+        feeds.append({"input_ids": ids, "attention_mask": mask, "rows": np.asarray(rows)})
+    return feeds
+
+
+def quantize_int8(fp32_path: str, int8_path: str, recipe: str = DEFAULT_INT8, config=None,
+                  calibration: Optional[list[dict]] = None) -> None:
+    """``model.onnx`` → INT8 by one of `INT8_RECIPES` (``static-qdq`` needs ``calibration`` feeds)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    if recipe not in INT8_RECIPES:
+        raise FinlightError(f"--int8_recipe {recipe!r}: choose one of {', '.join(INT8_RECIPES)}")
+    spec = INT8_RECIPES[recipe]
+    exclude = _ffn_output_matmuls(fp32_path, config) if spec.get("keep_fp32") == "ffn_output" else []
+    # fused contrib operators carry no type information for the quantizer: their outputs are float
+    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+    with _quiet():
+        if spec["mode"] == "dynamic":
+            quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QInt8, per_channel=spec["per_channel"],
+                             op_types_to_quantize=spec["op_types"], nodes_to_exclude=exclude, extra_options=extra)
+            return
+        if not calibration:
+            raise FinlightError(f"--int8_recipe {recipe}: needs calibration texts (--calibration_texts)")
+        feeds = [{k: f[k] for k in ("input_ids", "attention_mask")} for f in calibration]
+        typed = f"{int8_path}.typed.onnx"
+        _type_matmul_inputs(fp32_path, typed)
+        try:
+            quantize_static(typed, int8_path, _Feeds(feeds), quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=spec["op_types"], per_channel=spec["per_channel"],
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude, extra_options=extra)
+        finally:
+            os.remove(typed)
+
+
+def _type_matmul_inputs(path: str, typed_path: str) -> None:
+    """A copy of the graph where every MatMul input without type information is declared float.
+
+    ONNX shape inference does not know onnxruntime's fused operators (Attention, SkipLayerNormalization,
+    BiasGelu), so their outputs carry no type, and the static quantizer leaves untyped activations unquantized
+    (only the weights would get Q/DQ). In a float graph a MatMul's inputs are float."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(path))
+    graph = model.graph
+    typed = {v.name for v in list(graph.value_info) + list(graph.input) + list(graph.output)}
+    typed |= {init.name for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "MatMul":
+            for name in node.input:
+                if name and name not in typed:
+                    graph.value_info.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+                    typed.add(name)
+    onnx.save(model, typed_path)
+
+
+def _session_logits(path: str, feeds: list[dict], threads: Optional[int], repeats: int = 1):
+    """(logits in input order, samples/s of the fastest of ``repeats`` passes) for one ONNX file."""
+    import time
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    n = sum(len(f["rows"]) for f in feeds)
+    session.run(["logits"], {k: feeds[0][k] for k in ("input_ids", "attention_mask")})  # warm-up
+    best, logits = 0.0, None
+    for _ in range(repeats):
+        out = [None] * len(feeds)
+        start = time.perf_counter()
+        for i, f in enumerate(feeds):
+            out[i] = session.run(["logits"], {"input_ids": f["input_ids"], "attention_mask": f["attention_mask"]})[0]
+        best = max(best, n / (time.perf_counter() - start))
+        logits = np.empty((n, out[0].shape[-1]), dtype=np.float32)
+        for f, o in zip(feeds, out):
+            logits[f["rows"]] = o
+    return logits, best
+
+
+def compare_int8_recipes(fp32_path: str, tokenizer, texts: Sequence[str], max_length: int, config,
+                         recipes: Sequence[str] = tuple(INT8_RECIPES), calibration_texts: Optional[Sequence[str]] = None,
+                         threads: Optional[int] = None, repeats: int = 2, workdir: Optional[str] = None) -> dict:
+    """For each recipe: label agreement with the fp32 graph on ``texts`` (the share of equal argmax), the
+    largest probability change, samples/s (ONNX Runtime on longest-first batches of 32, tokenization
+    excluded, best of ``repeats``) and file size; ``fp32`` gives the reference speed."""
+    import tempfile
+
+    feeds = length_sorted_feeds(tokenizer, texts, max_length)
+    calibration = length_sorted_feeds(tokenizer, calibration_texts, max_length) if calibration_texts else None
+    reference, fp32_speed = _session_logits(fp32_path, feeds, threads, repeats)
+    labels, probs = reference.argmax(-1), _softmax(reference)
+    results = {"fp32": {"agreement": 1.0, "samples_per_s": fp32_speed,
+                        "size_mb": os.path.getsize(fp32_path) / 1e6}}
+    with tempfile.TemporaryDirectory(dir=workdir) as folder:
+        for recipe in recipes:
+            if INT8_RECIPES[recipe]["mode"] == "static" and not calibration:
+                results[recipe] = {"skipped": "no calibration texts"}
+                continue
+            path = os.path.join(folder, f"{recipe}.onnx")
+            quantize_int8(fp32_path, path, recipe, config, calibration)
+            logits, speed = _session_logits(path, feeds, threads, repeats)
+            results[recipe] = {"agreement": float(np.mean(logits.argmax(-1) == labels)),
+                               "disagreements": int(np.sum(logits.argmax(-1) != labels)),
+                               "max_prob_diff": float(np.abs(_softmax(logits) - probs).max()),
+                               "samples_per_s": speed, "speedup_vs_fp32": speed / fp32_speed,
+                               "size_mb": os.path.getsize(path) / 1e6}
+    return {"texts": len(texts), "calibration_texts": len(calibration_texts or []), "max_length": max_length,
+            "threads": threads, "recipes": results}
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
 def export_onnx(source: str, output_dir: str, int8: bool = False, opset: int = 18, atol: float = 1e-4,
                 max_length: Optional[int] = None, check_texts: Optional[Sequence[str]] = None,
-                dynamo: bool = True, trust_remote_code: bool = False, optimize: Optional[bool] = None) -> dict:
+                dynamo: bool = True, trust_remote_code: bool = False, optimize: Optional[bool] = None,
+                int8_recipe: str = DEFAULT_INT8, compare_texts: Optional[Sequence[str]] = None,
+                calibration_texts: Optional[Sequence[str]] = None) -> dict:
     """Export, check, optionally quantise; returns (and writes) the manifest.
+
+    ``int8_recipe`` is one of `INT8_RECIPES`; ``compare_texts`` measures every recipe on those texts (label
+    agreement with fp32, speed, size: the manifest's ``int8_options``); ``calibration_texts`` feed ``static-qdq``.
 
     ``optimize=None`` (auto) runs onnxruntime's transformer optimizer where it applies (BERT-family graphs from
     the dynamo exporter): the fused graph is the faster deployment artefact and passes the same check."""
     if os.path.isdir(output_dir) and os.listdir(output_dir):
         raise FinlightError(f"{output_dir}: exists and is not empty; choose a new --output_dir")
+    if int8_recipe not in INT8_RECIPES:  # before any work: a typo should not cost an export
+        raise FinlightError(f"--int8_recipe {int8_recipe!r}: choose one of {', '.join(INT8_RECIPES)}")
     model, tokenizer = load_source(source, trust_remote_code)
     has_dendrites = any(type(m).__name__ == "PAINeuronModule" for m in model.modules())
     if has_dendrites and dynamo:
@@ -176,16 +354,16 @@ def export_onnx(source: str, output_dir: str, int8: bool = False, opset: int = 1
         "check": {"fp32": {**check, "atol": atol}},
     }
     if int8:
-        import onnx
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
         quantized = os.path.join(output_dir, "model.int8.onnx")
-        with _quiet():
-            # fused contrib operators carry no type information for the quantizer: their outputs are float
-            quantize_dynamic(path, quantized, weight_type=QuantType.QInt8,
-                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        calibration = length_sorted_feeds(tokenizer, calibration_texts, max_length) if calibration_texts else None
+        quantize_int8(path, quantized, int8_recipe, model.config, calibration)
         manifest["files"]["int8"] = "model.int8.onnx"
+        manifest["int8_recipe"] = int8_recipe
         manifest["check"]["int8"] = compare_with_torch(wrapper, quantized, tokenizer, texts, max_length)
+        if compare_texts:
+            manifest["int8_options"] = compare_int8_recipes(path, tokenizer, compare_texts, max_length, model.config,
+                                                            calibration_texts=calibration_texts,
+                                                            threads=torch.get_num_threads())
     model.config.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     manifest["sizes_mb"] = {k: os.path.getsize(os.path.join(output_dir, f)) / 1e6 for k, f in manifest["files"].items()}
@@ -222,43 +400,70 @@ def _optimize_graph(path: str, config) -> dict:
     return fused
 
 
-def export_onnx_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m finlight export-onnx",
-                                     description="Export a classifier to ONNX (dynamic batch and sequence axes), "
-                                                 "check it against torch, optionally quantise to INT8.")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="a Hugging Face directory (python -m finlight export …)")
-    source.add_argument("--ckpt_path", help="a finlight checkpoint")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--int8", action="store_true", help="also write model.int8.onnx (dynamic INT8)")
-    parser.add_argument("--opset", type=int, default=18)
-    parser.add_argument("--atol", type=float, default=1e-4, help="largest accepted |onnx - torch| logit difference")
-    parser.add_argument("--max_length", type=int, default=None, help="tokens per text (default: the model's limit)")
-    parser.add_argument("--check_texts", default=None, help="a text file, one sentence a line, to check on")
-    optimize = parser.add_mutually_exclusive_group()
-    optimize.add_argument("--optimize", action="store_true", default=None,
-                          help="onnxruntime transformer optimizer (fused kernels) before the check; default: on for "
-                               "BERT-family models exported with the dynamo exporter")
-    optimize.add_argument("--no_optimize", dest="optimize", action="store_false", help="keep the exported graph as is")
-    parser.add_argument("--legacy_exporter", action="store_true", help="TorchScript exporter instead of dynamo")
-    parser.add_argument("--trust_remote_code", action="store_true")
-    args = parser.parse_args(argv)
+def export_onnx_command(output_dir: str, model: Optional[str] = None, ckpt_path: Optional[str] = None,
+                        int8: bool = False, opset: PositiveInt = 18, atol: PositiveFloat = 1e-4,
+                        max_length: Optional[PositiveInt] = None, check_texts: Optional[str] = None,
+                        optimize: Optional[bool] = None, legacy_exporter: bool = False,
+                        trust_remote_code: bool = False, int8_recipe: str = DEFAULT_INT8,
+                        int8_compare: Optional[str] = None, calibration_texts: Optional[str] = None) -> dict:
+    """Export a classifier to ONNX (dynamic batch and sequence axes), check it against torch, optionally
+    quantise to INT8.
+
+    Args:
+        output_dir: the folder for model.onnx, the tokenizer and the checks.
+        model: a Hugging Face directory (python -m finlight export …); give this or ckpt_path.
+        ckpt_path: a finlight checkpoint; give this or model.
+        int8: also write model.int8.onnx (dynamic INT8).
+        opset: ONNX opset version.
+        atol: largest accepted |onnx - torch| logit difference.
+        max_length: tokens per text (default: the model's limit).
+        check_texts: a text file, one sentence a line, to check on.
+        optimize: onnxruntime transformer optimizer (fused kernels) before the check; default: on for
+            BERT-family models exported with the dynamo exporter (--no_optimize keeps the graph as is).
+        legacy_exporter: TorchScript exporter instead of dynamo.
+        trust_remote_code: run the model repository's own code (off unless you trust it).
+        int8_recipe: how --int8 quantises (see INT8_RECIPES in finlight/deploy/onnx.py): dynamic,
+            dynamic-per-channel, matmul, matmul-per-channel, matmul-per-channel-ffn-out-fp32 or static-qdq.
+        int8_compare: a text file, one sentence a line: measure every INT8 recipe on it (label agreement with
+            fp32, speed, size) into finlight_onnx.json's int8_options.
+        calibration_texts: a text file, one sentence a line, to calibrate static-qdq on (not the texts you
+            evaluate on).
+    """
+    if (model is None) == (ckpt_path is None):
+        raise FinlightError("export-onnx: give exactly one of --model (a Hugging Face directory) or --ckpt_path "
+                            "(a finlight checkpoint)")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    texts = None
-    if args.check_texts:
-        if not os.path.isfile(args.check_texts):
-            raise FinlightError(f"--check_texts {args.check_texts}: no such file")
-        with open(args.check_texts, encoding="utf-8") as handle:
-            texts = [line.strip() for line in handle if line.strip()]
-    manifest = export_onnx(args.model or args.ckpt_path, args.output_dir, args.int8, args.opset, args.atol,
-                           args.max_length, texts, not args.legacy_exporter, args.trust_remote_code, args.optimize)
+    texts, compare, calibration = (_text_lines(f, flag) for f, flag in (
+        (check_texts, "--check_texts"), (int8_compare, "--int8_compare"), (calibration_texts, "--calibration_texts")))
+    manifest = export_onnx(model or ckpt_path, output_dir, int8 or bool(int8_compare), opset, atol,
+                           max_length, texts, not legacy_exporter, trust_remote_code, optimize, int8_recipe, compare,
+                           calibration)
     fp32 = manifest["check"]["fp32"]
-    line = (f"finlight: exported to {args.output_dir}/model.onnx ({manifest['sizes_mb']['fp32']:.1f} MB; "
+    line = (f"finlight: exported to {output_dir}/model.onnx ({manifest['sizes_mb']['fp32']:.1f} MB; "
             f"max |onnx − torch| = {fp32['max_abs_diff']:.1e} on {fp32['examples']} texts)")
     if "int8" in manifest["check"]:
         q = manifest["check"]["int8"]
         line += (f"; model.int8.onnx ({manifest['sizes_mb']['int8']:.1f} MB; max |int8 − torch| = "
                  f"{q['max_abs_diff']:.1e}, argmax agreement {q['argmax_agreement']:.1%})")
     print(line)
+    for recipe, r in manifest.get("int8_options", {}).get("recipes", {}).items():
+        if "agreement" in r:
+            print(f"  {recipe:34s} agreement with fp32 {r['agreement']:.2%}, {r['samples_per_s']:.0f} samples/s, "
+                  f"{r['size_mb']:.1f} MB")
+    return manifest
+
+
+def _text_lines(path: Optional[str], flag: str) -> Optional[list[str]]:
+    """A text file's non-empty lines (one sentence a line), or None without a file."""
+    if not path:
+        return None
+    if not os.path.isfile(path):
+        raise FinlightError(f"{flag} {path}: no such file")
+    with open(path, encoding="utf-8") as handle:
+        return [line.strip() for line in handle if line.strip()]
+
+
+def export_onnx_main(argv: list[str]) -> dict:
+    return run_command(export_onnx_command, argv, "export-onnx")

@@ -15,7 +15,6 @@ it stopped — no row is lost or written twice.
 
 from __future__ import annotations
 
-import argparse
 import glob
 import hashlib
 import json
@@ -25,7 +24,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+from jsonargparse.typing import PositiveInt
 
+from finlight.commands import run_command
 from finlight.errors import FinlightError
 
 log = logging.getLogger("finlight.distill.pseudo_label")
@@ -252,34 +253,40 @@ def _progress(total: int, done: int, enabled: bool):
     return tqdm(total=total, initial=done, unit="text", desc="pseudo-label", dynamic_ncols=True)
 
 
-def pseudo_label_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m finlight pseudo-label",
-        description="Label an unlabeled corpus with a teacher (finlight .ckpt, Hugging Face directory or hub id); "
-                    "resumable.")
-    parser.add_argument("--teacher", required=True, help="finlight checkpoint, HF directory or hub id")
-    parser.add_argument("--input", required=True, nargs="+",
-                        help="folders of .txt files (one text a line), glob patterns, or CSV/TSV/JSONL/Parquet files")
-    parser.add_argument("--output", required=True, help="output .jsonl (a .progress.json sidecar is kept beside it)")
-    parser.add_argument("--format", default="auto", help="corpus file format (default: by suffix; .txt = lines)")
-    parser.add_argument("--text_column", default="text")
-    parser.add_argument("--encoding", default=None)
-    parser.add_argument("--keep_duplicates", action="store_true", help="keep repeated texts (default: drop)")
-    parser.add_argument("--limit", type=int, default=None, help="label only the first N texts (after cleaning)")
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--max_length", type=int, default=128)
-    parser.add_argument("--chunk_size", type=int, default=1024, help="rows per appended, resumable chunk")
-    parser.add_argument("--label_names", nargs="+", default=None,
-                        help="class names in the head's order, for heads that only say LABEL_0 …")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
-    parser.add_argument("--trust_remote_code", action="store_true")
-    parser.add_argument("--no_progress_bar", action="store_true")
-    args = parser.parse_args(argv)
-    state = pseudo_label(args.teacher, args.input, args.output, fmt=args.format, text_column=args.text_column,
-                         encoding=args.encoding, dedupe=not args.keep_duplicates, limit=args.limit,
-                         batch_size=args.batch_size, max_length=args.max_length, chunk_size=args.chunk_size,
-                         label_names=args.label_names, device=args.device, overwrite=args.overwrite,
-                         trust_remote_code=args.trust_remote_code, progress_bar=not args.no_progress_bar)
-    print(f"finlight: wrote {state['rows_done']} pseudo-labelled rows to {args.output} "
+def pseudo_label_command(teacher: str, input: list[str], output: str, format: str = "auto",
+                         text_column: str = "text", encoding: Optional[str] = None, keep_duplicates: bool = False,
+                         limit: Optional[PositiveInt] = None, batch_size: PositiveInt = 64,
+                         max_length: PositiveInt = 128, chunk_size: PositiveInt = 1024,
+                         label_names: Optional[list[str]] = None, device: str = "auto", overwrite: bool = False,
+                         trust_remote_code: bool = False, progress_bar: bool = True) -> dict:
+    """Label an unlabeled corpus with a teacher (finlight .ckpt, Hugging Face directory or hub id); resumable.
+
+    Args:
+        teacher: finlight checkpoint, Hugging Face directory or hub id.
+        input: folders of .txt files (one text a line), glob patterns, or CSV/TSV/JSONL/Parquet files.
+        output: output .jsonl (a .progress.json sidecar is kept beside it).
+        format: corpus file format (default: by suffix; .txt = lines).
+        text_column: the text column of CSV/TSV/JSONL/Parquet files.
+        encoding: corpus file encoding (default: utf-8, or the byte-order mark's).
+        keep_duplicates: keep repeated texts (default: drop).
+        limit: label only the first N texts (after cleaning).
+        batch_size: texts per teacher batch.
+        max_length: tokens per text.
+        chunk_size: rows per appended, resumable chunk.
+        label_names: class names in the head's order, for heads that only say LABEL_0 …
+        device: auto, cpu, cuda or cuda:N.
+        overwrite: start again instead of resuming.
+        trust_remote_code: run the teacher repository's own code (off unless you trust it).
+        progress_bar: show a progress bar (--no_progress_bar hides it).
+    """
+    state = pseudo_label(teacher, input, output, fmt=format, text_column=text_column, encoding=encoding,
+                         dedupe=not keep_duplicates, limit=limit, batch_size=batch_size, max_length=max_length,
+                         chunk_size=chunk_size, label_names=label_names, device=device, overwrite=overwrite,
+                         trust_remote_code=trust_remote_code, progress_bar=progress_bar)
+    print(f"finlight: wrote {state['rows_done']} pseudo-labelled rows to {output} "
           f"(teacher {state['teacher']['source']})")
+    return state
+
+
+def pseudo_label_main(argv: list[str]) -> dict:
+    return run_command(pseudo_label_command, argv, "pseudo-label")

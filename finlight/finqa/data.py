@@ -13,6 +13,7 @@ import logging
 from typing import Literal, Optional
 
 import lightning.pytorch as pl
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 from torch.utils.data import DataLoader
 
 from finlight.core.data.datamodule import DataReport, LoaderPerSplit, ModelTokenizer
@@ -55,17 +56,17 @@ class FinQADataModule(ModelTokenizer, LoaderPerSplit, DataReport, pl.LightningDa
         test_path: Optional[str] = None,
         predict_path: Optional[str] = None,
         target: Literal["answer", "program"] = "program",
-        context_tokens: int = 1024,
+        context_tokens: PositiveInt = 1024,
         oracle_context: bool = False,
         context_order: Optional[list[str]] = None,
         instruction: Optional[str] = None,
         template: str = DEFAULT_TEMPLATE,
         use_chat_template: bool = True,
         answer_prefix: str = " ",
-        batch_size: int = 4,
-        eval_batch_size: Optional[int] = None,
-        seed: int = 42,
-        num_workers: int = 0,
+        batch_size: PositiveInt = 4,
+        eval_batch_size: Optional[PositiveInt] = None,
+        seed: NonNegativeInt = 42,
+        num_workers: NonNegativeInt = 0,
     ):
         super().__init__()
         context_order = list(context_order or SECTIONS)

@@ -22,6 +22,7 @@ from typing import Optional
 
 import lightning.pytorch as pl
 import torch
+from jsonargparse.typing import NonNegativeFloat, PositiveFloat, PositiveInt
 from torchmetrics import MaxMetric, MeanMetric
 
 from finlight.errors import FinlightError
@@ -63,10 +64,10 @@ class FinQAGenerator(pl.LightningModule):
         quantization: Optional[QuantizationOptions] = None,
         gradient_checkpointing: bool = False,
         dtype: DType = "float32",
-        max_new_tokens: int = 64,
-        rel_tol: float = DEFAULT_REL_TOL,
-        learning_rate: float = 1e-4,
-        weight_decay: float = 0.0,
+        max_new_tokens: PositiveInt = 64,
+        rel_tol: NonNegativeFloat = DEFAULT_REL_TOL,
+        learning_rate: PositiveFloat = 1e-4,
+        weight_decay: NonNegativeFloat = 0.0,
         scheduler: Schedule = "cosine",
         warmup_ratio: float = 0.03,
         trust_remote_code: bool = False,

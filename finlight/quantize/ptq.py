@@ -15,15 +15,16 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 import torch
+from jsonargparse.typing import NonNegativeInt, PositiveInt, restricted_number_type
 
+from finlight.commands import run_command
 from finlight.errors import FinlightError
 from finlight.core.adapters import SEQUENCE_HEADS, QuantizationOptions, portable_4bit, quantized_load_kwargs
 
@@ -176,28 +177,40 @@ def load_quantized_dir(model_dir: str, device: Optional[torch.device] = None):
     return portable_4bit(model).eval(), AutoTokenizer.from_pretrained(folder)
 
 
-def quantize_main(argv: list[str]) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m finlight quantize",
-                                     description="Post-training quantization of an exported classifier.")
-    parser.add_argument("--model_dir", required=True, help="a Hugging Face directory (python -m finlight export)")
-    parser.add_argument("--method", required=True, choices=METHODS)
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--config", help="for gptq4: the training config whose train split gives calibration texts")
-    parser.add_argument("--calibration_examples", type=int, default=128)
-    parser.add_argument("--group_size", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0, help="which calibration texts are drawn")
-    args = parser.parse_args(argv)
-    if args.method == "gptq4":
-        if not args.config:
+GroupSize = restricted_number_type("GroupSize", int, [("==", -1), (">", 0)], join="or",
+                                   docstring="GPTQ group size: a positive int, or -1 for one group per column")
+
+
+def quantize_command(model_dir: str, method: Literal[METHODS], output_dir: str, config: Optional[str] = None,
+                     calibration_examples: PositiveInt = 128, group_size: GroupSize = 128,
+                     seed: NonNegativeInt = 0) -> Path:
+    """Post-training quantization of an exported classifier.
+
+    Args:
+        model_dir: a Hugging Face directory (python -m finlight export).
+        method: bnb4 / bnb8 (bitsandbytes at load time) or gptq4 (GPTQ, calibrated).
+        output_dir: a new or empty folder for the quantized model.
+        config: for gptq4: the training config whose train split gives calibration texts.
+        calibration_examples: gptq4: how many training texts calibrate.
+        group_size: gptq4: weights per quantization group (-1: one group per column).
+        seed: which calibration texts are drawn.
+    """
+    if os.path.isdir(output_dir) and os.listdir(output_dir):
+        raise FinlightError(f"--output_dir {output_dir}: exists and is not empty; choose a new folder")
+    if method == "gptq4":
+        if not config:
             raise FinlightError("quantize --method gptq4 needs --config (its train split gives calibration texts)")
-        texts, _, _ = split_texts(args.config, "train")
-        out = gptq_quantize(args.model_dir, args.output_dir, calibration_sample(texts, args.calibration_examples,
-                                                                                 args.seed),
-                            group_size=args.group_size)
+        texts, _, _ = split_texts(config, "train")
+        out = gptq_quantize(model_dir, output_dir, calibration_sample(texts, calibration_examples, seed),
+                            group_size=group_size)
     else:
-        model, tokenizer = load_bnb(args.model_dir, bits=4 if args.method == "bnb4" else 8)
-        out = Path(args.output_dir)
+        model, tokenizer = load_bnb(model_dir, bits=4 if method == "bnb4" else 8)
+        out = Path(output_dir)
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
-    print(f"finlight quantize: {args.method} of {args.model_dir} → {out}")
+    print(f"finlight quantize: {method} of {model_dir} → {out}")
     return out
+
+
+def quantize_main(argv: list[str]) -> Path:
+    return run_command(quantize_command, argv, "quantize", config_option="--settings")

@@ -3,13 +3,15 @@
 Reads every tested run (a folder with ``test_metrics.json``) under the given paths and writes to
 ``--output_dir``:
 
-* ``runs.md`` / ``runs.csv``: one row per run — seed, which checkpoint was tested (``selected``: ``seeds --select``
-  records it, e.g. ``final_depth (2 layers)``; "—" for runs tested without it), test metrics, best validation
-  macro-F1, parameters, size, latency (from ``latency.json`` when the run has one) and the paired tests against the
+* ``report.md``: the tables below as Markdown sections (Groups, Runs, Paired tests when there are two or more
+  groups, Notes), also printed;
+* ``runs.csv``: one row per run — seed, which checkpoint was tested (``selected``: ``seeds --select`` records it,
+  e.g. ``final_depth (2 layers)``; "—" for runs tested without it), test metrics, best validation macro-F1,
+  parameters, size, latency (from ``latency.json`` when the run has one) and the paired tests against the
   baseline run of the same seed;
-* ``groups.md`` / ``groups.csv``: runs grouped by experiment, mean ± std (sample std, ddof=1) over seeds;
-* ``paired.md`` / ``paired.csv``: for each run and its baseline evaluated on the same test set, McNemar's test
-  on per-example correctness and a paired bootstrap of the macro-F1 difference (95 % CI, p-value);
+* ``groups.csv``: runs grouped by experiment, mean ± std (sample std, ddof=1) over seeds, Δ vs the baseline;
+* ``paired.csv`` (only when there are pairs): for each run and its baseline evaluated on the same test set,
+  McNemar's test on per-example correctness and a paired bootstrap of the macro-F1 difference (95 % CI, p-value);
 * ``val_curves.png``: per-epoch validation curves of every run, overlaid (TensorBoard events).
 
 A ``test`` run in a new process writes its own log folder; its checkpoint path leads back to the ``fit``
@@ -19,7 +21,6 @@ events give the curves.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -31,7 +32,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 
+from finlight.commands import run_command
 from finlight.prune.checkpoint_selection import describe_selection
 from finlight.errors import FinlightError
 
@@ -486,20 +489,26 @@ def _markdown(rows, grouped, pairs, notes, metrics, baseline) -> str:
     return "\n".join(out)
 
 
-def report_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m finlight report",
-                                     description="Compare finished runs: tables, curves, mean ± std over seeds, "
-                                                 "paired significance tests.")
-    parser.add_argument("paths", nargs="+", help="run folders, experiment folders (logs/X) or a whole logs/ folder")
-    parser.add_argument("--output_dir", default="reports", help="where the tables and plots go (default: reports)")
-    parser.add_argument("--baseline", default=None, help="group (experiment name) the others are tested against "
-                                                         "(default: the first found)")
-    parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS))
-    parser.add_argument("--resamples", type=int, default=10_000, help="paired bootstrap resamples")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    args = parser.parse_args(argv)
-    if args.resamples < 100:
-        raise FinlightError(f"--resamples {args.resamples}: use at least 100 (10,000 for p-values you report)")
-    result = build_report(args.paths, args.output_dir, args.baseline, args.metrics, args.resamples, args.seed)
+def report_command(paths: list[str], output_dir: str = "reports", baseline: Optional[str] = None,
+                   metrics: list[str] = list(DEFAULT_METRICS), resamples: PositiveInt = 10_000,
+                   seed: NonNegativeInt = 0) -> dict:
+    """Compare finished runs: tables, curves, mean ± std over seeds, paired significance tests.
+
+    Args:
+        paths: run folders, experiment folders (logs/X) or a whole logs/ folder.
+        output_dir: where the tables and plots go.
+        baseline: group (experiment name) the others are tested against (default: the first found).
+        metrics: metrics in the tables.
+        resamples: paired bootstrap resamples (at least 100; 10,000 for p-values you report).
+        seed: bootstrap seed.
+    """
+    if resamples < 100:
+        raise FinlightError(f"--resamples {resamples}: use at least 100 (10,000 for p-values you report)")
+    result = build_report(paths, output_dir, baseline, metrics, resamples, seed)
     print(result["markdown"])
-    print(f"finlight: report of {len(result['runs'])} runs in {len(result['groups'])} groups → {args.output_dir}/report.md")
+    print(f"finlight: report of {len(result['runs'])} runs in {len(result['groups'])} groups → {output_dir}/report.md")
+    return result
+
+
+def report_main(argv: list[str]) -> dict:
+    return run_command(report_command, argv, "report", positional=("paths",))

@@ -16,50 +16,55 @@ Only ``seed_everything`` changes between runs (weight init, dropout, batch order
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
+from typing import Literal, Optional, Sequence
 
+from jsonargparse.typing import NonNegativeInt
+
+from finlight.commands import run_command
 from finlight.prune.checkpoint_selection import HOWS, layer_count, select_from_fit
 from finlight.errors import FinlightError
 
 
-def seeds_main(argv: list[str]) -> list[str]:
-    parser = argparse.ArgumentParser(
-        prog="python -m finlight seeds",
-        description="Fit and test one config once per seed, then report mean ± std. Other arguments "
-                    "(--trainer.max_epochs 3, --model.init_args.learning_rate 1e-4 …) go to every fit.")
-    parser.add_argument("--config", action="append", required=True, help="config file(s), as for fit")
-    parser.add_argument("--seeds", type=int, nargs="+", required=True)
-    parser.add_argument("--experiment", default=None, help="run name under logs/ (default: the config's name)")
-    parser.add_argument("--report_dir", default=None, help="default: reports/<experiment>_seeds")
-    parser.add_argument("--select", choices=HOWS, default="best",
-                        help="checkpoint to test: best (validation), last (end of the fit), final_depth (best "
-                             "validation at the architecture the run ended with: layer-dropping runs)")
-    args, overrides = parser.parse_known_args(argv)
+def seeds_command(config: list[str], seeds: list[NonNegativeInt], experiment: Optional[str] = None,
+                  report_dir: Optional[str] = None, select: Literal[HOWS] = "best",
+                  overrides: Sequence[str] = ()) -> list[str]:
+    """Fit and test one config once per seed, then report mean ± std. Other options (--trainer.max_epochs 3,
+    --model.init_args.learning_rate 1e-4 …) go to every fit; this command's own settings file is --settings.
+
+    Args:
+        config: config file(s), as for fit (repeat --config for several).
+        seeds: the training seeds (seed_everything), one fit each.
+        experiment: run name under logs/ (default: the config's name).
+        report_dir: default: reports/<experiment>_seeds.
+        select: checkpoint to test: best (validation), last (end of the fit), final_depth (best validation at
+            the architecture the run ended with: layer-dropping runs).
+    """
+    overrides = list(overrides)
     if any(o in ("--seed_everything", "--experiment") or o.startswith("--seed_everything=") for o in overrides):
         raise FinlightError("seeds: set the seeds with --seeds, not --seed_everything")
-    for path in args.config:
+    for path in config:
         if not Path(path).is_file():
             raise FinlightError(f"--config {path}: no such file")
-    name = args.experiment or Path(args.config[-1]).stem
-    configs = [a for path in args.config for a in ("--config", path)]
+    name = experiment or Path(config[-1]).stem
+    configs = [a for path in config for a in ("--config", path)]
 
     from finlight.cli import run_cli
 
     run_dirs = []
-    for i, seed in enumerate(args.seeds, 1):
-        print(f"finlight seeds: seed {seed} ({i}/{len(args.seeds)}) — fit, then test of the {args.select} checkpoint")
+    for i, seed in enumerate(seeds, 1):
+        print(f"finlight seeds: seed {seed} ({i}/{len(seeds)}) — fit, then test of the {select} checkpoint")
         cli = run_cli(["fit", *configs, "--seed_everything", str(seed), "--experiment", name, *overrides])
         trainer = cli.trainer
         callback = trainer.checkpoint_callback
         if callback is None or not (callback.best_model_path or callback.last_model_path):
             raise FinlightError(f"seeds: the fit with seed {seed} saved no checkpoint (checkpointing off, or "
                                 f"no validation?); cannot test it")
-        selected = select_from_fit(callback, _final_config(cli.model) if args.select == "final_depth" else None,
-                                   args.select)
+        selected = select_from_fit(callback, _final_config(cli.model) if select == "final_depth" else None,
+                                   select)
         value = "unranked" if selected.value is None else f"{selected.value:.4f}"
-        print(f"finlight seeds: seed {seed}: testing {selected.path} ({args.select}: {layer_count(selected.layers)}, "
+        print(f"finlight seeds: seed {seed}: testing {selected.path} ({select}: {layer_count(selected.layers)}, "
               f"{selected.monitor} {value})")
         trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=selected.path)
         if trainer.is_global_zero:
@@ -68,14 +73,18 @@ def seeds_main(argv: list[str]) -> list[str]:
 
     from finlight.report.compare import build_report
 
-    report_dir = args.report_dir or str(Path("reports") / f"{name}_seeds")
+    report_dir = report_dir or str(Path("reports") / f"{name}_seeds")
     result = build_report(run_dirs, report_dir)
     group = result["groups"][0]
     summary = ", ".join(f"{m.split('/')[-1]} {group[f'{m}_mean']:.4f}"
                         + (f" ± {group[f'{m}_std']:.4f}" if group[f"{m}_std"] is not None else "")
                         for m in ("test/acc", "test/macro_f1"))
-    print(f"finlight seeds: {name}, seeds {args.seeds}: {summary} (runs: {', '.join(run_dirs)}) → {report_dir}/report.md")
+    print(f"finlight seeds: {name}, seeds {seeds}: {summary} (runs: {', '.join(run_dirs)}) → {report_dir}/report.md")
     return run_dirs
+
+
+def seeds_main(argv: list[str]) -> list[str]:
+    return run_command(seeds_command, argv, "seeds", config_option="--settings", passthrough=True)
 
 
 def _final_config(module) -> dict:

@@ -1,5 +1,6 @@
 """Callbacks: the ones every finlight run gets from the CLI (checkpoints, evaluation report, prediction files,
-RNG state) and the opt-in ones a config adds (threshold sweep, latency profiler)."""
+RNG state) and the opt-in ones a config adds (threshold sweep, latency profiler, phase switch: gradual
+unfreezing with per-layer learning rates)."""
 
 from finlight._lazy import lazy_exports
 
@@ -9,5 +10,6 @@ __getattr__ = lazy_exports(__name__, {
     "PredictionWriter": "finlight.core.callbacks.prediction_writer",
     "ThresholdSweep": "finlight.core.callbacks.threshold_sweep",
     "LatencyProfiler": "finlight.core.callbacks.latency",
+    "PhaseSwitch": "finlight.core.callbacks.phase_switch",
 })
-__all__ = ["EvaluationReport", "LatencyProfiler", "PredictionWriter", "RunCheckpoint", "ThresholdSweep"]
+__all__ = ["EvaluationReport", "LatencyProfiler", "PhaseSwitch", "PredictionWriter", "RunCheckpoint", "ThresholdSweep"]

@@ -2,24 +2,61 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+from finlight.errors import FinlightError
+
+log = logging.getLogger("finlight.checkpoint")
 
 
 class RunCheckpoint(ModelCheckpoint):
     """Best and last checkpoints on ``val/macro_f1`` (the defaults come from the CLI), under
     ``<root>/<logger name>/version_<logger version>`` so each run's checkpoints match its log folder; without a
     ``filename`` each file is named after the monitored metric (``epoch03-val_exec_acc0.5000.ckpt``).
-    ``last.ckpt`` is the newest state after every epoch (what ``--ckpt_path last`` resumes from)."""
+    ``last.ckpt`` is the newest state after every epoch (what ``--ckpt_path last`` resumes from).
 
-    def __init__(self, root: str = "checkpoints", **kwargs):
+    ``best_weights_only`` (default): the ranked (best top-k) files hold what evaluation needs — the weights and
+    the module's own entries (label names, backbone config, tokenizer) — not the optimizer and callback states
+    that only resuming needs; ``last.ckpt`` keeps the full resumable state. For AdamW that makes a best file
+    about a third of a full one. Each write is logged (file, size, seconds) on the console and as
+    ``checkpoint/{best,last}_{mb,write_s}`` metrics."""
+
+    def __init__(self, root: str = "checkpoints", best_weights_only: bool = True, **kwargs):
         monitor = kwargs.get("monitor")
         if kwargs.get("filename") is None and monitor:  # name files after the metric that ranks them
             kwargs["filename"] = f"epoch{{epoch:02d}}-{monitor.replace('/', '_')}{{{monitor}:.4f}}"
             kwargs.setdefault("auto_insert_metric_name", False)
+        if best_weights_only and kwargs.get("save_last") == "link":
+            raise FinlightError("checkpoint.save_last=link would make last.ckpt a link to a weights-only best file "
+                                "(not resumable); use save_last: true, or checkpoint.best_weights_only: false")
         super().__init__(**kwargs)
         self.root = root
+        self.best_weights_only = best_weights_only
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        """Ranked files weights-only (``best_weights_only``), ``last.ckpt`` in full; the write timed."""
+        full = filepath == self.last_model_path or not self.best_weights_only
+        configured = self.save_weights_only
+        written_weights_only = self.save_weights_only = configured or not full
+        start = time.perf_counter()
+        try:
+            super()._save_checkpoint(trainer, filepath)
+        finally:
+            self.save_weights_only = configured
+        seconds = time.perf_counter() - start
+        if not trainer.is_global_zero or not os.path.isfile(filepath):
+            return
+        kind = "last" if filepath == self.last_model_path else "best"
+        megabytes = os.path.getsize(filepath) / 1e6
+        log.info("checkpoint %s: %.1f MB (%s) written in %.2f s", os.path.basename(filepath), megabytes,
+                 "weights only" if written_weights_only else "full resumable state", seconds)
+        for logger in trainer.loggers:
+            logger.log_metrics({f"checkpoint/{kind}_mb": megabytes, f"checkpoint/{kind}_write_s": seconds},
+                               step=trainer.global_step)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.dirpath is None and trainer.logger is not None and trainer.logger.version is not None:

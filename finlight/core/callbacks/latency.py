@@ -20,6 +20,7 @@ from typing import Callable, Optional, Sequence
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 
 from finlight.errors import FinlightError
 from finlight.core.run_dir import run_dir
@@ -159,8 +160,9 @@ class LatencyProfiler(pl.Callback):
         num_threads: torch CPU threads while timing (default: as configured).
     """
 
-    def __init__(self, batch_sizes: list[int] = [1, 8, 32], warmup: int = 5, iterations: int = 50,
-                 max_length: Optional[int] = None, reference: Optional[str] = None, num_threads: Optional[int] = None,
+    def __init__(self, batch_sizes: list[PositiveInt] = [1, 8, 32], warmup: NonNegativeInt = 5,
+                 iterations: PositiveInt = 50, max_length: Optional[PositiveInt] = None,
+                 reference: Optional[str] = None, num_threads: Optional[PositiveInt] = None,
                  filename: str = "latency.json"):
         self.batch_sizes = list(batch_sizes)
         self.warmup = warmup

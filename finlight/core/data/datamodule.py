@@ -10,13 +10,14 @@ from typing import Literal, Optional, Union
 
 import lightning.pytorch as pl
 import numpy as np
+from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveInt
 from torch.utils.data import DataLoader
 
 from finlight.core.data.cleaning import clean_text, find_duplicates, resolve_duplicates
 from finlight.core.data.labels import LabelSpace
 from finlight.core.data.records import DropLog, Record
 from finlight.core.data.sources import read_records
-from finlight.core.data.splits import grouped_stratified_split
+from finlight.core.data.splits import check_ratios, grouped_stratified_split
 from finlight.core.data.tokenization import (EncodedDataset, LengthGroupedSampler, PaddingCollator, SortedSampler,
                                         encode_texts)
 from finlight.errors import FinlightError
@@ -91,7 +92,8 @@ class ClassificationDataModule(ModelTokenizer, LoaderPerSplit, DataReport, pl.Li
         predict_path: texts to label with ``predict`` (labels not needed); default: the test split.
         format: auto (by suffix) | phrasebank | lines | csv | tsv | jsonl | parquet | hub.
         text_column / label_column: column names for csv / tsv / jsonl / parquet / hub sources.
-        encoding: file encoding; default utf-8 (latin-1 for PhraseBank).
+        encoding: file encoding; default utf-8 (latin-1 for PhraseBank), or the one a byte-order mark names
+            (UTF-8 / 16 / 32).
         hub_config / hub_splits: ``datasets.load_dataset`` config name, and which hub split feeds which of
             ours (``{train: train, val: validation, test: test}``; absent ones are carved out of train).
         label_names: the ordered class names (default: the sorted distinct labels of the data).
@@ -128,20 +130,21 @@ class ClassificationDataModule(ModelTokenizer, LoaderPerSplit, DataReport, pl.Li
         remove_urls: bool = False,
         normalize_whitespace: bool = True,
         duplicates: Literal["keep", "drop", "majority"] = "keep",
-        split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
-        seed: int = 42,
-        max_length: int = 128,
-        batch_size: int = 32,
-        eval_batch_size: Optional[int] = None,
+        split_ratios: tuple[NonNegativeFloat, NonNegativeFloat, NonNegativeFloat] = (0.8, 0.1, 0.1),
+        seed: NonNegativeInt = 42,
+        max_length: PositiveInt = 128,
+        batch_size: PositiveInt = 32,
+        eval_batch_size: Optional[PositiveInt] = None,
         group_by_length: bool = True,
-        class_weights: Union[None, Literal["balanced"], list[float]] = None,
-        num_workers: int = 0,
+        class_weights: Union[None, Literal["balanced"], list[NonNegativeFloat]] = None,
+        num_workers: NonNegativeInt = 0,
     ):
         super().__init__()
         if path and train_path:
             raise FinlightError("data: set either data.path (one source, split for you) or data.train_path, not both")
         if max_length < 8:
             raise FinlightError(f"data.max_length={max_length} is too small (at least 8 tokens)")
+        check_ratios(split_ratios)
         self.save_hyperparameters(logger=False)
         self.hp = self.hparams
         self.label_names: Optional[list[str]] = list(label_names) if label_names else None
@@ -152,6 +155,7 @@ class ClassificationDataModule(ModelTokenizer, LoaderPerSplit, DataReport, pl.Li
         self.report: dict = {}
         self._tokenizer = None
         self._encoded: dict[str, tuple[int, EncodedDataset]] = {}
+        self._empty_because: dict[str, str] = {}  # split → why cutting by split_ratios left it empty
 
     # ------------------------------------------------------------------ facts for the model
     @property
@@ -170,6 +174,9 @@ class ClassificationDataModule(ModelTokenizer, LoaderPerSplit, DataReport, pl.Li
         drops = DropLog()
         pools = self._read_labelled(drops)
         all_records = [r for records in pools.values() for r in records]
+        if not all_records and drops.total():
+            raise FinlightError("data: nothing left to train on: every record was dropped ("
+                                + "; ".join(f"{len(o)} {reason}" for reason, o in drops.by_reason.items()) + ")")
         if not all_records:
             raise FinlightError("data: no labelled source configured: set data.path or data.train_path")
         if self.label_names is None:
@@ -195,8 +202,8 @@ class ClassificationDataModule(ModelTokenizer, LoaderPerSplit, DataReport, pl.Li
             texts = [r.text for r in kept]
             self.report.setdefault("duplicates", {})[name] = find_duplicates(texts, labels).as_dict()
             keep = resolve_duplicates(texts, labels, hp.duplicates)
-            if len(keep) < len(kept):
-                drops.add(f"duplicate rows (data.duplicates={hp.duplicates})", f"{len(kept) - len(keep)} in {name}")
+            for i in sorted(set(range(len(kept))) - set(keep)):  # each dropped row, where it was
+                drops.add(f"duplicate rows (data.duplicates={hp.duplicates})", kept[i].origin)
             indexed[name] = ([kept[i] for i in keep], [labels[i] for i in keep])
 
         self._assign_splits(indexed)
@@ -204,6 +211,7 @@ class ClassificationDataModule(ModelTokenizer, LoaderPerSplit, DataReport, pl.Li
         for name in SPLITS:
             self.labels.setdefault(name, [])
             self.splits.setdefault(name, [])
+        self._check_label_coverage(training=stage in (None, "fit"))
         self.class_weights = self._class_weights()
         if hp.predict_path:
             self.predict_records = self._clean(read_records(
@@ -255,6 +263,7 @@ class ClassificationDataModule(ModelTokenizer, LoaderPerSplit, DataReport, pl.Li
             for name, rows in zip(SPLITS, parts):
                 self.splits[name] = [records[i] for i in rows]
                 self.labels[name] = [labels[i] for i in rows]
+            self._explain_empty(records, labels, ratios, SPLITS, self.hp.path)
             return
         for name, (records, labels) in indexed.items():
             self.splits[name], self.labels[name] = records, labels
@@ -272,7 +281,50 @@ class ClassificationDataModule(ModelTokenizer, LoaderPerSplit, DataReport, pl.Li
             if name == "train" or name in missing:
                 self.splits[name] = [records[i] for i in rows]
                 self.labels[name] = [labels[i] for i in rows]
+        self._explain_empty(records, labels, carve, ["train", *missing], self.hp.train_path)
         log.info("data: carved %s out of %s", " and ".join(missing), self.hp.train_path or self.hp.path)
+
+    def _explain_empty(self, records: list[Record], labels: list[int], ratios, names, source) -> None:
+        """A split cut by ratio that came out empty: why (few distinct texts per label), and what helps. The
+        split is stratified by label and keeps every row of one text together, so a label with g distinct
+        texts gives a split of share r round(r·g) of them."""
+        texts_per_label = Counter()
+        for text, label in dict(zip((r.text for r in records), labels)).items():
+            texts_per_label[label] += 1
+        distinct = sum(texts_per_label.values())
+        most = max(texts_per_label.values(), default=0)
+        for name, ratio in zip(SPLITS, ratios):
+            if name not in names or self.splits.get(name) or ratio == 0:
+                continue
+            counts = ", ".join(f"{self.label_names[c]} {n}" for c, n in sorted(texts_per_label.items()))
+            share = f"{ratio:.2f}".rstrip("0").rstrip(".")
+            fix = "add distinct texts or give data.val_path / data.test_path"
+            if most > 1:  # r · most > 0.5 gives the most varied label one text in this split
+                fix = f"raise the {name} share of data.split_ratios above {0.5 / most:.2f}, {fix}"
+            if distinct < len(records):
+                fix += "; data.duplicates: drop trains on each text once if the repeats are accidental"
+            self._empty_because[name] = (
+                f"{source} has {len(records)} rows but only {distinct} distinct texts ({counts}); duplicate-aware "
+                f"splitting keeps all rows of a text in one split, per label, so a {share} share rounds to 0 "
+                f"texts of every label: too few for three splits ({fix})")
+
+    def _check_label_coverage(self, training: bool) -> None:
+        """Refuse to train on fewer than two of the declared labels; warn about declared labels no split has."""
+        counts = {name: Counter(self.labels[name]) for name in SPLITS}
+        present = [self.label_names[c] for c in sorted(counts["train"])]
+        if training and len(present) < 2:
+            held = (f"only label {present[0]!r} ({len(self.labels['train'])} rows)" if present
+                    else "no rows")
+            raise FinlightError(
+                f"data: the training split holds {held} of the declared labels {self.label_names}; a classifier "
+                f"needs examples of at least two — check data.label_column, data.label_map and the data file")
+        absent = {label: [name for name in SPLITS if self.labels[name] and counts[name][c] == 0]
+                  for c, label in enumerate(self.label_names)}
+        absent = {label: where for label, where in absent.items() if where}
+        if absent:
+            log.warning("data: declared label(s) without examples: %s; their per-class metrics are undefined",
+                        "; ".join(f"{label!r} in {', '.join(where)}" for label, where in absent.items()))
+        self.report["labels_without_examples"] = absent
 
     def _check_leakage(self) -> None:
         seen = {name: {r.text for r in self.splits.get(name, [])} for name in SPLITS}
@@ -322,7 +374,9 @@ class ClassificationDataModule(ModelTokenizer, LoaderPerSplit, DataReport, pl.Li
         else:
             texts, labels = [r.text for r in self.splits[split]], self.labels[split]
         if not texts:
-            raise FinlightError(f"data: the {split} split is empty; check the data paths and split_ratios")
+            why = self._empty_because.get(split)
+            raise FinlightError(f"data: the {split} split is empty: {why}" if why else
+                                f"data: the {split} split is empty; check the data paths and split_ratios")
         dataset, truncated = self._encode(tokenizer, texts, labels)
         if truncated:
             log.warning("data %s: %d of %d texts truncated to fit max_length=%d", split, truncated, len(texts),

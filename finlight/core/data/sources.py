@@ -8,8 +8,10 @@ inside the package.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
+import logging
 import os
 from importlib import resources
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Iterator, Optional
 from finlight.core.data.records import DropLog, Record
 from finlight.errors import FinlightError
 
+log = logging.getLogger("finlight.data")
 FORMATS = ("auto", "phrasebank", "lines", "csv", "tsv", "jsonl", "parquet", "hub")
 _BY_SUFFIX = {".txt": "phrasebank", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl",
               ".parquet": "parquet"}
@@ -61,7 +64,8 @@ def read_records(
     """Read every record of ``path``. ``label_column=None`` reads unlabeled text (labels are None).
 
     Malformed lines are dropped into ``drops`` (reason + origin), never silently; a file that is mostly
-    malformed, a missing column, an empty file or a wrong encoding raise `FinlightError`.
+    malformed, a missing or repeated column, an empty file, a wrong encoding (see `file_encoding`: byte-order
+    marks are read) or a binary file raise `FinlightError`. CSV fields may be of any size.
     """
     drops = drops if drops is not None else DropLog()
     if path == DEMO:
@@ -80,7 +84,7 @@ def read_records(
         records = _read_parquet(path, text_column, label_column)
         lines_seen = len(records)
     else:
-        encoding = encoding or ("latin-1" if fmt == "phrasebank" else "utf-8")
+        encoding = file_encoding(path, encoding, "latin-1" if fmt == "phrasebank" else "utf-8")
         try:
             with open(path, encoding=encoding, newline="") as handle:
                 if fmt in ("csv", "tsv"):
@@ -100,12 +104,52 @@ def read_records(
     malformed = drops.total() - n_malformed_before
     if lines_seen == 0 or not records and malformed == 0:
         raise FinlightError(f"{path}: the file holds no records")
-    if malformed > MAX_MALFORMED_SHARE * max(lines_seen, 1) and malformed > 1:
+    if malformed > MAX_MALFORMED_SHARE * max(lines_seen, 1) and (malformed > 1 or not records):
         raise FinlightError(
             f"{path}: {malformed} of {lines_seen} lines are malformed (first: "
             f"{next(iter(drops.by_reason.values()))[0]}); is data.format ({fmt}) right for this file?"
         )
     return records
+
+
+# UTF-32 LE before UTF-16 LE: its mark starts with UTF-16 LE's.
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32", "utf-32"), (codecs.BOM_UTF32_BE, "utf-32", "utf-32"),
+         (codecs.BOM_UTF8, "utf-8-sig", "utf-8"), (codecs.BOM_UTF16_LE, "utf-16", "utf-16"),
+         (codecs.BOM_UTF16_BE, "utf-16", "utf-16"))
+
+
+def file_encoding(path: str, encoding: Optional[str], default: str) -> str:
+    """The encoding to read ``path`` with: a byte-order mark (UTF-8 / 16 / 32) decides when ``data.encoding``
+    is unset or of the same family; one that contradicts the mark, or NUL bytes in a file read as 8-bit text
+    (UTF-16 without a BOM, garbage otherwise), stop with the setting to use."""
+    if encoding is not None:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise FinlightError(f"data.encoding={encoding!r} is not an encoding Python knows; use e.g. utf-8, "
+                                f"latin-1, utf-16 or cp1252") from None
+    with open(path, "rb") as handle:
+        head = handle.read(4096)
+    for magic, what in ((b"\x1f\x8b", "gzip-compressed"), (b"PK\x03\x04", "a zip archive (an Excel .xlsx?)"),
+                        (b"PAR1", "a Parquet file")):
+        if head.startswith(magic):
+            raise FinlightError(f"{path}: the file is {what}, not text; decompress or convert it (to CSV, JSONL or "
+                                f"Parquet), or set data.format to its real format")
+    marked, family = next(((name, family) for mark, name, family in _BOMS if head.startswith(mark)), (None, None))
+    if marked is not None:
+        if encoding is None or codecs.lookup(encoding).name.startswith(family):
+            if encoding is None and marked != "utf-8-sig":
+                log.info("%s: %s byte-order mark: reading it as %s", path, family.upper(), marked)
+            return marked
+        raise FinlightError(f"{path}: this file is {family.upper()} (it starts with a byte-order mark) but "
+                            f"data.encoding is {encoding!r}; set data.encoding: {marked} (or leave it unset)")
+    wide = codecs.lookup(encoding or default).name.startswith(("utf-16", "utf-32"))
+    if b"\x00" in head and not wide:
+        odd = head[1::2].count(0) > head[0::2].count(0)
+        guess = "utf-16-le" if odd else "utf-16-be"
+        raise FinlightError(f"{path}: the file holds NUL bytes and no byte-order mark: it looks like {guess.upper()}; "
+                            f"set data.encoding: {guess}")
+    return encoding or default
 
 
 def _read_phrasebank(handle, path, text_column, label_column, drops) -> Iterator[tuple[int, Optional[Record]]]:
@@ -149,6 +193,8 @@ def _read_jsonl(handle, path, text_column, label_column, drops) -> Iterator[tupl
 
 
 def _read_delimited(handle, path, delimiter, text_column, label_column, drops) -> tuple[list[Record], int]:
+    # no field of a file is longer than the file: any valid CSV reads, whatever its field sizes (default 128 KiB)
+    csv.field_size_limit(max(csv.field_size_limit(), min(os.path.getsize(path) + 1, 2**31 - 1)))
     reader = csv.reader(handle, delimiter=delimiter)
     try:
         header = next(reader)
@@ -169,6 +215,11 @@ def _read_delimited(handle, path, delimiter, text_column, label_column, drops) -
             raise FinlightError(f"{path}:{reader.line_num}: broken CSV ({err})") from None
         rows_seen += 1
         origin = f"{path}:{start}"
+        spans = reader.line_num - start + 1
+        if len(row) != len(header) and spans > 2 and any(field.count("\n") >= 2 for field in row):
+            raise FinlightError(f"{origin}: a quoted field opened here runs over {spans} lines (to line "
+                                f"{reader.line_num}): an unclosed quote? Close it, or double quotes inside a "
+                                f"quoted field (\"\")")
         start = reader.line_num + 1
         if not row:
             continue
@@ -217,7 +268,15 @@ def _read_hub(name, config, split, text_column, label_column) -> list[Record]:
 def _check_columns(path, columns, text_column, label_column, where) -> None:
     for role, column in (("data.text_column", text_column), ("data.label_column", label_column)):
         if column is not None and column not in columns:
-            raise FinlightError(f"{path}: {role}={column!r} is not in {where}; columns are {list(columns)}")
+            hint = ""
+            if len(columns) == 1:  # a whole header in one column: another delimiter
+                found = next((d for d in ("\t", ";", "|") if d in str(columns[0])), None)
+                hint = {"\t": "; the header is tab-separated: set data.format: tsv",
+                        None: ""}.get(found, f"; the header is {found!r}-separated: save the file comma-separated")
+            raise FinlightError(f"{path}: {role}={column!r} is not in {where}; columns are {list(columns)}{hint}")
+        if column is not None and list(columns).count(column) > 1:
+            raise FinlightError(f"{path}: column {column!r} appears {list(columns).count(column)} times in {where}; "
+                                f"rename the duplicates so {role} names one column")
 
 
 def _record(text, label, origin, label_column) -> Record:

@@ -9,6 +9,12 @@ import numpy as np
 from finlight.errors import FinlightError
 
 
+def check_ratios(ratios) -> None:
+    if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
+        raise FinlightError(f"data.split_ratios must be three non-negative numbers summing to 1, got "
+                            f"{tuple(float(r) for r in ratios)}")
+
+
 def grouped_stratified_split(
     texts: list[str], labels: list[int], ratios: tuple[float, float, float], seed: int
 ) -> tuple[list[int], list[int], list[int]]:
@@ -18,8 +24,7 @@ def grouped_stratified_split(
     Groups are stratified by their most frequent label; within each label the groups are shuffled with
     ``seed`` and cut by ``ratios``. Same inputs and seed → same split, independent of process or platform.
     """
-    if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
-        raise FinlightError(f"data.split_ratios must be three non-negative numbers summing to 1, got {ratios}")
+    check_ratios(ratios)
     rows_of: dict[str, list[int]] = defaultdict(list)
     for i, text in enumerate(texts):
         rows_of[text].append(i)
