@@ -8,9 +8,9 @@
 
 A variant is a finlight checkpoint (``.ckpt``) or a Hugging Face directory (an export, a merged QLoRA model,
 or a quantized directory written by ``python -m finlight quantize``: its quantization config is applied at
-load). ``--sapling_run DIR`` adds, for each depth a SuccessiveLayerDrop run passed through, the checkpoint of
-that depth with the best ``val/macro_f1`` (``sapling_<depth>of<start>``: the deepest one is the full model
-before any drop; a sub-layer run is grouped by the attention + MLP parts left instead:
+load). ``--sapling_run [NAME=]DIR`` adds, for each depth a SuccessiveLayerDrop run passed through, the checkpoint of
+that depth with the best ``val/macro_f1`` (``sapling_<depth>of<start>``, or ``NAME_…`` to tell several runs
+apart: the deepest one is the model before any drop; a sub-layer run is grouped by the attention + MLP parts left instead:
 ``sapling_<parts>of<start>parts``). Post-training variants of a variant ``NAME``: ``--int8 NAME`` (dynamic
 INT8, CPU), ``--bnb4 NAME`` / ``--bnb8 NAME`` (bitsandbytes at load time), ``--gptq NAME`` (GPTQ 4-bit calibrated on
 ``--calibration_examples`` texts of the config's **train** split; decoders and BERT-style encoders).
@@ -26,7 +26,10 @@ peak (interpreter + torch included), ``rss_model_mb`` the growth over the proces
 4-bit storage would halve it). Throughput is model time over the whole test set in sorted, dynamically padded
 batches after one warm-up pass (tokenization excluded): samples/s and real (non-padding) tokens/s. Writes
 ``report.md``, ``report.csv``, ``results.json``, ``pareto.png`` (size on disk vs accuracy, the Pareto front
-drawn) and the same figure, table and numbers to TensorBoard under ``--out/tensorboard``.
+drawn; beside it docs/s vs accuracy with its own front) and the same figure, table and numbers to TensorBoard
+under ``--out/tensorboard``. ``--repeats N`` times N passes and keeps the median (less noise on a shared machine).
+``--reference NAME`` adds two columns against variant ``NAME`` (e.g. the unpruned model): ``acc_vs_ref_pt``,
+the accuracy difference in points, and ``speed_vs_ref``, the throughput ratio (samples/s over the reference's).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from typing import Optional, Sequence
 
 COLUMNS = ("variant", "status", "device", "layers", "acc", "macro_f1", "size_mb", "params", "samples_per_s",
            "tokens_per_s", "peak_rss_mb", "rss_model_mb", "peak_gpu_mb")
+REFERENCE_COLUMNS = ("acc_vs_ref_pt", "speed_vs_ref")
 QUANTIZATIONS = ("int8", "bnb4", "bnb8", "gptq4")
 NEEDS_GPU = "not run here (needs GPU)"
 LAYER_KEY = re.compile(r"^model\.(?:\w+\.)*?layers?\.(\d+)\.")
@@ -195,20 +199,21 @@ def load_variant(source: str, quant: Optional[str] = None, device: str = "cpu", 
 
 # ------------------------------------------------------------------------------------------ measuring
 def measure(source: str, quant: Optional[str], texts: list[str], labels: list[int], max_length: int,
-            batch_size: int, threads: Optional[int], device: str = "cpu", calibration=None) -> dict:
-    """Scores, size and speed of one variant (call it in a fresh process for an honest peak memory)."""
+            batch_size: int, threads: Optional[int], device: str = "cpu", calibration=None, repeats: int = 1) -> dict:
+    """Scores, size and speed of one variant (call it in a fresh process for an honest peak memory); the speed
+    is that of the median of ``repeats`` timed passes over the test set."""
     import torch
 
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _measure(source, quant, texts, labels, max_length, batch_size, device, calibration)
+        return _measure(source, quant, texts, labels, max_length, batch_size, device, calibration, repeats)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _measure(source, quant, texts, labels, max_length, batch_size, device, calibration) -> dict:
+def _measure(source, quant, texts, labels, max_length, batch_size, device, calibration, repeats=1) -> dict:
     import numpy as np
     import torch
     from sklearn.metrics import accuracy_score, f1_score
@@ -238,7 +243,8 @@ def _measure(source, quant, texts, labels, max_length, batch_size, device, calib
 
     with torch.inference_mode():
         one_pass()  # warm-up pass
-        seconds, outputs = timed(one_pass, cuda)
+        passes = [timed(one_pass, cuda) for _ in range(max(1, repeats))]
+    seconds, outputs = sorted(passes, key=lambda p: p[0])[(len(passes) - 1) // 2]  # the median pass
     for rows, argmax in outputs:
         predicted[rows] = argmax.cpu().numpy()
     tokens = sum(int(mask.sum()) for _, _, mask in batches)
@@ -281,18 +287,41 @@ def not_measured(variant: str, status: str) -> dict:
     return {**{k: None for k in COLUMNS}, "variant": variant, "status": status}
 
 
+def add_reference_columns(rows: list[dict], reference: str) -> list[dict]:
+    """Each measured row against the row named ``reference``: ``acc_vs_ref_pt`` (accuracy − the reference's, in
+    points) and ``speed_vs_ref`` (samples/s over the reference's). Rows not measured, or all rows when the
+    reference itself was not, get None. Returns ``rows`` (changed in place)."""
+    ref = next((r for r in rows if r["variant"] == reference), None)
+    usable = ref is not None and ref.get("status") == "ok"
+    for row in rows:
+        ok = usable and row.get("status") == "ok"
+        row["acc_vs_ref_pt"] = 100.0 * (row["acc"] - ref["acc"]) if ok else None
+        row["speed_vs_ref"] = row["samples_per_s"] / ref["samples_per_s"] if ok else None
+    return rows
+
+
+def columns(rows: list[dict]) -> tuple[str, ...]:
+    """The table's columns: `COLUMNS`, and the reference columns when the rows carry them."""
+    return COLUMNS + (REFERENCE_COLUMNS if any(k in r for r in rows for k in REFERENCE_COLUMNS) else ())
+
+
 # ------------------------------------------------------------------------------------------ writing
-def _fmt(value) -> str:
+def _fmt(value, column: str = "") -> str:
     if value is None:
         return "–"
+    if column == "acc_vs_ref_pt":
+        return f"{value:+.2f}"
+    if column == "speed_vs_ref":
+        return f"{value:.2f}×"
     if isinstance(value, float):
         return f"{value:.4f}" if value < 1 else f"{value:.1f}"
     return str(value)
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_fmt(r.get(k)) for k in COLUMNS) + " |" for r in rows]
+    names = columns(rows)
+    lines = ["| " + " | ".join(names) + " |", "|" + " --- |" * len(names)]
+    lines += ["| " + " | ".join(_fmt(r.get(k), k) for k in names) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -303,16 +332,20 @@ def pareto_figure(rows: list[dict]):
     import matplotlib.pyplot as plt
 
     measured = [r for r in rows if r["status"] == "ok"]
-    points = [(r["size_mb"], r["acc"]) for r in measured]
-    front = pareto_front(points)
-    figure, axes = plt.subplots(figsize=(6, 4))
-    axes.scatter([p[0] for p in points], [p[1] for p in points])
-    for row, (x, y) in zip(measured, points):
-        axes.annotate(row["variant"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    axes.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="gray", label="Pareto front")
-    axes.set_xlabel("size on disk (MB)")
-    axes.set_ylabel("test accuracy")
-    axes.legend()
+    figure, (by_size, by_speed) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    # size: smaller is better; docs/s: larger is better (the front of its negative)
+    for axes, key, sign, label in ((by_size, "size_mb", 1.0, "size on disk (MB)"),
+                                   (by_speed, "samples_per_s", -1.0, "throughput (docs/s)")):
+        points = [(r[key], r["acc"]) for r in measured]
+        front = pareto_front([(sign * x, y) for x, y in points])
+        axes.scatter([p[0] for p in points], [p[1] for p in points])
+        for row, (x, y) in zip(measured, points):
+            axes.annotate(row["variant"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        axes.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="gray",
+                  label="Pareto front")
+        axes.set_xlabel(label)
+        axes.legend()
+    by_size.set_ylabel("test accuracy")
     figure.tight_layout()
     return figure
 
@@ -325,9 +358,10 @@ def write_report(rows: list[dict], out: str) -> None:
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as handle:
         json.dump(rows, handle, indent=2)
     with open(os.path.join(out, "report.csv"), "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        names = columns(rows)
+        writer = csv.DictWriter(handle, fieldnames=names)
         writer.writeheader()
-        writer.writerows({k: r.get(k) for k in COLUMNS} for r in rows)
+        writer.writerows({k: r.get(k) for k in names} for r in rows)
     table = markdown_table(rows)
     with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as handle:
         handle.write(table)
@@ -337,8 +371,9 @@ def write_report(rows: list[dict], out: str) -> None:
         writer.add_text("compression/report", table)
         writer.add_figure("compression/pareto", figure)
         for step, row in enumerate(r for r in rows if r["status"] == "ok"):
-            for key in ("acc", "macro_f1", "size_mb", "samples_per_s", "tokens_per_s", "peak_rss_mb"):
-                writer.add_scalar(f"compression/{key}", row[key], step)
+            for key in ("acc", "macro_f1", "size_mb", "samples_per_s", "tokens_per_s", "peak_rss_mb", "speed_vs_ref"):
+                if row.get(key) is not None:
+                    writer.add_scalar(f"compression/{key}", row[key], step)
     plt.close(figure)
     print(table)
 
@@ -349,7 +384,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     parser.add_argument("--config", required=True, help="the YAML whose data section gives the test split")
     parser.add_argument("--variant", action="append", default=[], help="NAME=CKPT_OR_HF_DIR (repeat)")
     parser.add_argument("--sapling_run", action="append", default=[],
-                        help="a layer-dropping run's checkpoint folder: one variant per depth it passed through")
+                        help="[NAME=]DIR: a layer-dropping run's checkpoint folder, one variant per depth it passed "
+                             "through (NAME_<depth>of<start>; NAME defaults to sapling)")
     parser.add_argument("--gpu_variant", action="append", default=[],
                         help="NAME=CKPT_OR_HF_DIR measured only where CUDA is available")
     for flag, quant in (("--int8", "int8"), ("--bnb4", "bnb4"), ("--bnb8", "bnb8"), ("--gptq", "gptq4")):
@@ -359,6 +395,11 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     parser.add_argument("--out", default="bench_out/compression")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="timed passes over the test set per variant; the median one is reported")
+    parser.add_argument("--reference", default=None, metavar="NAME",
+                        help="add acc_vs_ref_pt (accuracy points) and speed_vs_ref (throughput ratio) against "
+                             "variant NAME (e.g. the unpruned model)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
     parser.add_argument("--in_process", action="store_true",
                         help="measure in this process (faster; peak memory is then the running peak of all variants)")
@@ -371,11 +412,17 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     has_cuda = torch.cuda.is_available()
     device = ("cuda" if has_cuda else "cpu") if args.device == "auto" else args.device
     variants = dict(v.split("=", 1) for v in args.variant)
-    for folder in args.sapling_run:
+    for given in args.sapling_run:
+        prefix, folder = given.split("=", 1) if "=" in given and not os.path.isdir(given) else ("sapling", given)
         unit = "parts" if is_sublayer_run(folder) else "layers"
         depths = best_by_depth(folder, unit)
         top, suffix = max(depths), "" if unit == "layers" else "parts"
-        variants.update({f"sapling_{d}of{top}{suffix}": depths[d][0] for d in sorted(depths, reverse=True)})
+        for d in sorted(depths, reverse=True):
+            name = f"{prefix}_{d}of{top}{suffix}"
+            if name in variants:
+                parser.error(f"--sapling_run {given}: variant {name} exists already; name the runs apart "
+                             "(--sapling_run NAME=DIR)")
+            variants[name] = depths[d][0]
     gpu_only = dict(v.split("=", 1) for v in args.gpu_variant)
     if not variants and not gpu_only:
         parser.error("give at least one --variant, --sapling_run or --gpu_variant")
@@ -383,6 +430,13 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         unknown = [n for n in getattr(args, quant) if n not in variants and n not in gpu_only]
         if unknown:
             parser.error(f"--{quant} {unknown[0]}: no variant with that name")
+    planned = []
+    for name in [*variants, *gpu_only]:
+        planned += [name] + [f"{name}+{quant}" for quant in QUANTIZATIONS if name in getattr(args, quant)]
+    if args.reference is not None and args.reference not in planned:
+        parser.error(f"--reference {args.reference}: no variant with that name (variants: {', '.join(planned)})")
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: must be ≥ 1")
     texts, labels, max_length = test_split(args.config)
     calibration = None
     if args.gptq4:
@@ -398,11 +452,13 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
             where = "cpu" if quant == "int8" else device
             try:
                 result = run(source, quant, texts, labels, max_length, args.batch_size, args.threads, where,
-                             calibration if quant == "gptq4" else None)
+                             calibration if quant == "gptq4" else None, args.repeats)
             except (RuntimeError, FinlightError, ValueError, ImportError) as err:
                 rows.append(not_measured(label, f"failed: {str(err).splitlines()[0][:200]}"))
                 continue
             rows.append({"variant": label, **result})
+    if args.reference is not None:
+        add_reference_columns(rows, args.reference)
     write_report(rows, args.out)
     return rows
 

@@ -15,7 +15,7 @@ over the cores; the pipeline tokenizes text by text. Each timing is the median o
 
 Variants: the pipeline; finlight `Predictor` with torch (longest-first batches, each padded to its own longest
 text); the same without sorting (input-order batches: shows what sorting alone buys); ONNX fp32; ONNX INT8
-(onnxruntime dynamic quantisation), both from the graph onnxruntime's transformer optimizer fused (export-onnx's
+(export-onnx's default INT8 recipe, see finlight/deploy/onnx.py INT8_RECIPES), both from the graph onnxruntime's transformer optimizer fused (export-onnx's
 default for BERT-family models); and both again from the unfused graph (``--no_optimize``); torch under bf16
 autocast (``Predictor`` backend ``torch-bf16``: faster only on AVX-512-BF16 / AMX CPUs). Accuracy / macro-F1 on the
 test split, and agreement with the torch labels. Each variant's achieved GFLOP/s (the encoder's forward FLOPs over

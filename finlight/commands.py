@@ -17,6 +17,10 @@ are the ``--help`` text. `run_command` builds the parser from the signature, par
     def export_main(argv: list[str]) -> str:
         return run_command(export_command, argv, "export")
 
+Why not jsonargparse's own ``add_function_arguments`` / ``CLI``: they make a bool ``--int8 true`` (the commands'
+users and scripts pass bare flags: ``--int8``, ``--no_optimize``), have no positional lists (``report A B C``) and
+no pass-through of unknown options to ``fit`` (``seeds``); the parser itself is still jsonargparse's.
+
 How a parameter becomes an option:
 
 - no default → a required ``--name``; with a default → optional (``--name value`` or ``--name=value``);

@@ -169,6 +169,8 @@ def test_int8_recipes_quantize_what_they_say_and_are_compared(onnx_dir, tiny_hf_
     kept = [name for op, name in ops["matmul-per-channel-ffn-out-fp32"] if op == "MatMul"]
     assert len(kept) == config.num_hidden_layers  # one FFN output projection per layer left in fp32
     assert {"QuantizeLinear", "DequantizeLinear"} <= kinds["static-qdq"]
+    for recipe in ("weight-only", "weight-only-int8-compute"):  # 8-bit blockwise weights, no activation quantizer
+        assert "MatMulNBits" in kinds[recipe] and "DynamicQuantizeLinear" not in kinds[recipe]
     with pytest.raises(FinlightError, match="calibration"):
         quantize_int8(fp32, str(tmp_path / "x.onnx"), "static-qdq", config)
 

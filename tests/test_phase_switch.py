@@ -116,7 +116,7 @@ def test_gradual_schedule_expands_one_layer_per_phase():
     ({}, "exactly one of phases"),
     ({"phases": [{"epoch": 0, "train": "all"}], "gradual_unfreeze": {"every_epochs": 1}}, "exactly one of phases"),
     ({"gradual_unfreeze": {"every_epochs": 1, "every_steps": 3}}, "exactly one of every_epochs"),
-    ({"gradual_unfreeze": {"every_epoch": 1}}, "no option"),
+    ({"gradual_unfreeze": {"every_epoch": 1}}, "unknown option"),
     ({"gradual_unfreeze": {"every_epochs": 1}, "lr_decay": 0.0}, "lr_decay"),
     ({"phases": [{"epoch": 1, "train": "all"}]}, "the first must be 0"),
     ({"phases": [{"epoch": 0, "train": "head"}, {"epoch": 0, "train": "all"}]}, "each later one larger"),

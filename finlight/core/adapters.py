@@ -69,17 +69,19 @@ class QuantizationOptions:
     skip_modules: Optional[list[str]] = None
 
 
-def as_options(value: Any, cls: type) -> Any:
-    """A dataclass from a dataclass, a dict (jsonargparse / checkpoint hparams) or None."""
+def as_options(value: Any, cls: type, owner: str = "") -> Any:
+    """A dataclass from a dataclass, a dict (jsonargparse / checkpoint hparams) or None; ``owner`` prefixes
+    the error (``PhaseSwitch: Phase: …``)."""
     if value is None or isinstance(value, cls):
         return value
+    where = f"{owner}: {cls.__name__}" if owner else cls.__name__
     if isinstance(value, dict):
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(value) - known)
         if unknown:
-            raise FinlightError(f"{cls.__name__}: unknown option(s) {unknown}; known: {sorted(known)}")
+            raise FinlightError(f"{where}: unknown option(s) {unknown}; known: {sorted(known)}")
         return cls(**value)
-    raise FinlightError(f"{cls.__name__}: expected a mapping, got {type(value).__name__}")
+    raise FinlightError(f"{where}: expected a mapping, got {type(value).__name__}")
 
 
 def options_dict(value: Any) -> Optional[dict]:

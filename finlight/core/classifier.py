@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, PositiveFloat, PositiveInt
@@ -20,6 +20,7 @@ from finlight.core.backbone import (ScratchConfig, backbone_state, build_from_sc
                                       rebuild_backbone)
 from finlight.core.base import ClassificationModule
 from finlight.core.optim import Schedule
+from finlight.prune.surgery import keep_layers as cut_to_layers, kept_layer_indices
 
 log = logging.getLogger("finlight.models")
 CHECKPOINT_KEY = "finlight"
@@ -48,6 +49,10 @@ class SequenceClassifier(ClassificationModule):
             stays in full precision and trains) and activation checkpointing; see `finlight.core.adapters`.
             With LoRA or quantization, checkpoints hold only the trainable weights and the base is reloaded
             from ``backbone``.
+        keep_layers: cut the pretrained backbone right after it loads to these layers (a number ``k``: the first
+            ``k``; or increasing indices such as ``[0, 2, 4]``); the others are removed for real
+            (`finlight.prune.surgery.drop_layers`), so checkpoints record the shallower config and
+            ``test --ckpt_path`` / ``export`` rebuild the cut model from the checkpoint alone.
     """
 
     def __init__(
@@ -67,6 +72,7 @@ class SequenceClassifier(ClassificationModule):
         lora: Optional[LoraOptions] = None,
         quantization: Optional[QuantizationOptions] = None,
         gradient_checkpointing: bool = False,
+        keep_layers: Optional[Union[int, list[int]]] = None,
     ):
         super().__init__()
         if (backbone is None) == (scratch is None):
@@ -78,6 +84,11 @@ class SequenceClassifier(ClassificationModule):
         if scratch is not None and self.adapter_only:
             raise FinlightError("model.lora / model.quantization need pretrained weights (model.backbone); a "
                                 "model.scratch encoder trains all its weights")
+        if keep_layers is not None:
+            if scratch is not None:
+                raise FinlightError("model.keep_layers cuts a pretrained backbone; a model.scratch encoder sets its "
+                                    "depth with model.scratch.num_layers")
+            kept_layer_indices(keep_layers, name="model.keep_layers")  # the range is checked once it has loaded
         self.save_hyperparameters(logger=False)
         self.scratch = as_options(scratch, ScratchConfig)
         self.hparams["lora"], self.hparams["quantization"] = options_dict(self.lora), options_dict(self.quantization)
@@ -130,6 +141,13 @@ class SequenceClassifier(ClassificationModule):
             device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
             kwargs = quantized_load_kwargs(self.quantization, device, SEQUENCE_HEADS)
         model, tokenizer = load_pretrained(name, label_names, self.hparams.trust_remote_code, **kwargs)
+        keep = self.hparams.get("keep_layers")
+        if keep is not None:
+            depth, params = int(model.config.num_hidden_layers), sum(p.numel() for p in model.parameters())
+            cut_to_layers(model, keep, name="model.keep_layers")
+            log.info("model.keep_layers: kept layers %s of %d (%s → %s parameters)",
+                     kept_layer_indices(keep, depth), depth, f"{params:,}",
+                     f"{sum(p.numel() for p in model.parameters()):,}")
         portable_4bit(model)
         if self.adapter_only or self.hparams.gradient_checkpointing:
             model = apply_adapters(model, self.lora, self.quantization, self.hparams.gradient_checkpointing, "SEQ_CLS")

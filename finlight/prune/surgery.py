@@ -11,7 +11,9 @@ Three families:
   the per-layer config lists (``layer_types``...).
 
 The pruned model is an ordinary Hugging Face model of the smaller config: ``save_pretrained`` +
-``from_pretrained`` rebuild it exactly, with no ``strict=False``.
+``from_pretrained`` rebuild it exactly, with no ``strict=False``. ``keep_layers(model, 3)`` (the first 3) or
+``keep_layers(model, [0, 2, 4])`` names the layers to keep instead (`SequenceClassifier`'s ``keep_layers``: a
+shallow model cut from a pretrained one's own layers).
 
 **Sub-layers** (SAPLING / TrimLLM granularity; Llama, Mistral, Qwen2 and Phi decoders): ``drop_unit(model,
 ("attention", i))`` / ``("mlp", i)`` replaces the part by a weightless stand-in that adds nothing to the
@@ -39,7 +41,7 @@ from __future__ import annotations
 
 import functools
 from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -177,6 +179,45 @@ def drop_layers(model: nn.Module, indices: Iterable[int]) -> nn.Module:
             if isinstance(values, (list, tuple)) and len(values) == depth:
                 setattr(config, key, type(values)(values[i] for i in keep))
     return model
+
+
+def kept_layer_indices(keep, depth: Optional[int] = None, name: str = "keep_layers") -> list[int]:
+    """The layer indices ``keep`` names: a number ``k`` (the first ``k`` layers) or a list of indices (increasing,
+    no duplicates). With ``depth`` the range is checked too; each problem is one `FinlightError` line that starts
+    with ``name`` (the option's name)."""
+    if isinstance(keep, bool) or not isinstance(keep, (int, list, tuple)):
+        raise FinlightError(f"{name}={keep!r}: give a number of layers (the first k are kept) or a list of layer "
+                            "indices such as [0, 1, 2]")
+    if isinstance(keep, int):
+        if keep < 1:
+            raise FinlightError(f"{name}={keep}: at least one layer must be kept")
+        if depth is not None and keep > depth:
+            raise FinlightError(f"{name}={keep}: the backbone has only {depth} layers")
+        return list(range(keep))
+    indices = list(keep)
+    if not indices:
+        raise FinlightError(f"{name}=[]: list the layers to keep (e.g. [0, 1, 2]) or give their number")
+    if any(isinstance(i, bool) or not isinstance(i, int) for i in indices):
+        raise FinlightError(f"{name}={indices}: layer indices must be integers")
+    repeated = sorted({i for i in indices if indices.count(i) > 1})
+    if repeated:
+        raise FinlightError(f"{name}={indices}: layer {repeated[0]} is listed twice (each layer can be kept once)")
+    if indices != sorted(indices):
+        raise FinlightError(f"{name}={indices}: list the indices in increasing order (kept layers keep their order)")
+    if indices[0] < 0:
+        raise FinlightError(f"{name}={indices}: layer {indices[0]} is out of range (indices start at 0)")
+    if depth is not None and indices[-1] >= depth:
+        raise FinlightError(f"{name}={indices}: layer {indices[-1]} is out of range for the {depth}-layer backbone "
+                            f"(indices 0..{depth - 1})")
+    return indices
+
+
+def keep_layers(model: nn.Module, keep, name: str = "keep_layers") -> nn.Module:
+    """Keep only the layers ``keep`` names (`kept_layer_indices`: ``k`` = the first ``k``) and remove the others for
+    real with `drop_layers` (the config records the new depth, so checkpoints and exports rebuild the cut model)."""
+    depth = num_layers(model)
+    kept = kept_layer_indices(keep, depth, name)
+    return drop_layers(model, [i for i in range(depth) if i not in kept])
 
 
 def drop_unit(model: nn.Module, unit: Unit) -> nn.Module:

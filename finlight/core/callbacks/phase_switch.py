@@ -41,7 +41,6 @@ prefer epoch boundaries (a step boundary may fall between micro-batches of one a
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from lightning.pytorch.callbacks import BaseFinetuning
 from torch import nn
 from torch.optim import lr_scheduler as torch_schedulers
 
+from finlight.core.adapters import as_options
 from finlight.errors import FinlightError
 
 log = logging.getLogger("finlight.phase_switch")
@@ -94,18 +94,6 @@ class Unit:
 
 
 # ---------------------------------------------------------------------------------------------- pure helpers
-def _as(value, cls):
-    if value is None or isinstance(value, cls):
-        return value
-    if isinstance(value, dict):
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise FinlightError(f"PhaseSwitch: {cls.__name__} has no option(s) {unknown}; known: {sorted(known)}")
-        return cls(**value)
-    raise FinlightError(f"PhaseSwitch: expected a mapping for {cls.__name__}, got {type(value).__name__}")
-
-
 def _entries(train: Union[str, list[str]]) -> list[str]:
     entries = [train] if isinstance(train, str) else list(train or [])
     if not entries:
@@ -249,8 +237,8 @@ class PhaseSwitch(BaseFinetuning):
         if not 0.0 < lr_decay <= 1.0:
             raise FinlightError(f"PhaseSwitch: lr_decay={lr_decay}: must be in (0, 1]")
         self.lr_decay = float(lr_decay)
-        self.gradual = _as(gradual_unfreeze, GradualUnfreeze)
-        self.phases = [_as(p, Phase) for p in phases] if phases is not None else None
+        self.gradual = as_options(gradual_unfreeze, GradualUnfreeze, "PhaseSwitch")
+        self.phases = [as_options(p, Phase, "PhaseSwitch") for p in phases] if phases is not None else None
         if self.gradual is not None:
             values = [v for v in (self.gradual.every_epochs, self.gradual.every_steps) if v is not None]
             if len(values) != 1 or values[0] < 1:
