@@ -3,7 +3,7 @@
     HF_HUB_OFFLINE=1 python benchmarks/inference.py                      # trains a bert-tiny-shaped model first
     HF_HUB_OFFLINE=1 python benchmarks/inference.py --backbone minilm    # fine-tunes all-MiniLM-L6-v2 first
     HF_HUB_OFFLINE=1 python benchmarks/inference.py --model exported/X   # or any exported HF directory
-    HF_HUB_OFFLINE=1 python benchmarks/inference.py --backbone minilm --quick   # 1 epoch, 512 texts: a check
+    HF_HUB_OFFLINE=1 python benchmarks/inference.py --backbone minilm --quick   # 1 epoch, 400 texts: a check
 
 Same process, same model weights, same texts (all of PhraseBank AllAgree for speed, its seeded 10 % test split
 for accuracy), same torch / onnxruntime thread count, same max_length and batch size. Every variant runs
@@ -117,7 +117,8 @@ def main() -> None:
                         help="fine-tune this pretrained encoder (an HF directory, or 'minilm' for the installed "
                              "all-MiniLM-L6-v2) instead of training bert-tiny from scratch")
     parser.add_argument("--quick", action="store_true",
-                        help="a check of the script: 1 training epoch, 512 timed texts, 1 round, no unfused graphs")
+                        help="a check of the script: 1 training epoch on a 400-sentence sample, 1 round, no "
+                             "unfused graphs")
     args = parser.parse_args()
     if args.backbone == "minilm":
         from training import minilm_dir  # benchmarks/training.py
@@ -145,9 +146,11 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="run_", dir=out))
     if not Path(args.data).is_file():
         sys.exit(f"benchmark: {args.data} not found (real data lives in ../shared/data)")
+    if args.quick:  # train and score on a 400-sentence sample (benchmarks/training.py's)
+        from training import quick_sample
+
+        args.data = quick_sample(args.data, workdir)
     all_texts, texts, labels = test_split(args.data, args.max_length)
-    if args.quick:
-        all_texts = all_texts[:512]
     model_dir = args.model or train_model(args.data, args.epochs, args.max_length, workdir, args.backbone)
     manifest = export_onnx(model_dir, str(workdir / "onnx"), int8=True, max_length=args.max_length)  # fused graph
     unfused = None if args.quick else export_onnx(model_dir, str(workdir / "onnx_unfused"), int8=True,

@@ -175,3 +175,35 @@ def test_a_checkpoint_is_evaluated_without_building_the_configured_backbone(in_t
     tested = run_cli(["test", "--config", hub_config, "--ckpt_path", best]).trainer.callback_metrics
     for key in ("test/loss", "test/acc", "test/macro_f1"):
         assert float(tested[key]) == pytest.approx(float(reference[key]), abs=1e-6), key
+
+
+def test_gradient_clipping_under_bf16_mixed_keeps_the_fused_adamw_step_and_clips(in_tmp):
+    """Lightning refuses clipping with a fused optimizer under any mixed precision; bf16 has no scaler, so finlight
+    clips as fp32 does and keeps the fused step."""
+    config = tiny_config(in_tmp, trainer={"max_epochs": 1, "gradient_clip_val": 1.0, "limit_train_batches": 2,
+                                          "limit_val_batches": 1})
+    mixed = run_cli(["fit", "--config", config, "--trainer.precision", "bf16-mixed", "--experiment", "mixed"])
+    assert mixed.trainer.optimizers[0].defaults["fused"] is True
+    assert torch.isfinite(mixed.trainer.callback_metrics["train/loss"])
+    plain = run_cli(["fit", "--config", config, "--trainer.precision", "32-true", "--experiment", "plain"])
+    assert plain.trainer.optimizers[0].defaults["fused"] is True
+
+
+def test_bf16_clipping_bounds_the_gradient_norm(in_tmp):
+    """The clipping path finlight takes under bf16-mixed really clips (total norm ≤ the limit before each step)."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from finlight.core.optim import clip_gradients
+
+    class Probe:
+        def __init__(self, trainer):
+            self.trainer = trainer
+
+    model = torch.nn.Linear(4, 4)
+    model.weight.grad = torch.full_like(model.weight, 10.0)
+    model.bias.grad = torch.full_like(model.bias, 10.0)
+    optimizer = torch.optim.AdamW(model.parameters(), fused=True)
+    trainer = type("T", (), {"precision_plugin": MixedPrecision("bf16-mixed", "cpu")})()
+    clip_gradients(Probe(trainer), optimizer, 0.5, None)  # 20 × 10 = a norm of ~44.7 before
+    total = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    assert float(total) == pytest.approx(0.5, rel=1e-4)

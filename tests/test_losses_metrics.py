@@ -86,3 +86,27 @@ def test_linear_warmup_schedule_and_step_lr():
     optimizer.step()
     step["scheduler"].step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+def test_adamw_is_fused_on_cpu_and_steps_like_the_for_loop_one():
+    from types import SimpleNamespace
+
+    from finlight.core.optim import adamw_with_schedule
+
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 3))
+              for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    hparams = SimpleNamespace(learning_rate=1e-2, weight_decay=0.01, scheduler="constant", warmup_ratio=0.0,
+                              get=lambda key, default=None: default)
+    fused = adamw_with_schedule(models[0], hparams, lambda: 10)["optimizer"]
+    assert fused.defaults["fused"] is True
+    reference = torch.optim.AdamW(adamw_param_groups(models[1], 0.01), lr=1e-2)  # the for-loop implementation
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    for _ in range(5):
+        for model, optimizer in ((models[0], fused), (models[1], reference)):
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

@@ -56,7 +56,7 @@ def test_int8_model_is_quantized_and_close(onnx_dir, tiny_hf_dir):
 
     out, manifest = onnx_dir
     ops = {node.op_type for node in onnx.load(str(out / "model.int8.onnx")).graph.node}
-    assert ops & {"MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul"}, ops
+    assert ops & {"MatMulNBits", "MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul"}, ops
     check = manifest["check"]["int8"]
     assert 0 < check["max_abs_diff"] < 0.05 and check["examples"] == 18
     assert json.loads((out / "finlight_onnx.json").read_text())["files"] == {"fp32": "model.onnx",

@@ -280,14 +280,18 @@ class CausalLMClassifier(ClassificationModule):
         keep = {"logits_to_keep": 1} if _accepts(self.model, "logits_to_keep") else {}  # no [n, T, vocab] logits
         out = self.model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
                          **keep)
-        cache = getattr(out, "past_key_values", None)
+        # transformers 5.24 renamed past_key_values (5.23) to cache, in and out
+        cache_key = "cache" if _accepts(self.model, "cache") else "past_key_values"
+        cache = getattr(out, "cache", None)
+        if cache is None:
+            cache = getattr(out, "past_key_values", None)
         if cache is None or not hasattr(cache, "batch_repeat_interleave"):
             return None
         inputs = label_continuations(self.label_token_ids)[0].to(prompt_ids.device).repeat(n, 1)  # row i·k + j
         cache.batch_repeat_interleave(k)  # row i·k + j: prompt i's keys and values, for label j
         attention_mask = torch.cat([prompt_mask.repeat_interleave(k, 0), torch.ones_like(inputs)], dim=1)
         steps = torch.arange(1, inputs.shape[1] + 1, device=prompt_ids.device)
-        logits = self.model(input_ids=inputs, attention_mask=attention_mask, past_key_values=cache, use_cache=True,
+        logits = self.model(input_ids=inputs, attention_mask=attention_mask, use_cache=True, **{cache_key: cache},
                             position_ids=positions[:, -1:].repeat_interleave(k, 0) + steps).logits
         return cached_label_log_probs(out.logits[:, -1], logits, self.label_token_ids)
 

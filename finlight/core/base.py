@@ -7,7 +7,7 @@ import lightning.pytorch as pl
 import torch
 
 from finlight.core.metrics import flatten_metrics
-from finlight.core.optim import adamw_with_schedule
+from finlight.core.optim import adamw_with_schedule, clip_gradients, fused_allowed
 
 
 class ClassificationModule(pl.LightningModule):
@@ -44,4 +44,8 @@ class ClassificationModule(pl.LightningModule):
         self._log_epoch_metrics("test")
 
     def configure_optimizers(self):
-        return adamw_with_schedule(self.model, self.hparams, lambda: int(self.trainer.estimated_stepping_batches))
+        return adamw_with_schedule(self.model, self.hparams, lambda: int(self.trainer.estimated_stepping_batches),
+                                   fused=fused_allowed(self._trainer))
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)

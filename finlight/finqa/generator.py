@@ -33,7 +33,7 @@ from finlight.core.adapters import (LoraOptions, QuantizationOptions, check_adap
 from finlight.core.backbone import backbone_state, rebuild_backbone
 from finlight.causal_lm.classifier import (CausalScratchConfig, DType, build_causal_from_scratch,
                                        causal_backbone_options, greedy_generate, load_causal_base)
-from finlight.core.optim import Schedule, adamw_with_schedule
+from finlight.core.optim import Schedule, adamw_with_schedule, clip_gradients, fused_allowed
 from finlight.core.run_dir import run_dir
 
 log = logging.getLogger("finlight.models")
@@ -224,7 +224,11 @@ class FinQAGenerator(pl.LightningModule):
         return {"index": batch["index"], "rows": rows}
 
     def configure_optimizers(self):
-        return adamw_with_schedule(self.model, self.hparams, lambda: int(self.trainer.estimated_stepping_batches))
+        return adamw_with_schedule(self.model, self.hparams, lambda: int(self.trainer.estimated_stepping_batches),
+                                   fused=fused_allowed(self._trainer))
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
