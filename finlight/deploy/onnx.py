@@ -201,7 +201,19 @@ def length_sorted_feeds(tokenizer, texts: Sequence[str], max_length: int, batch_
 
 def quantize_int8(fp32_path: str, int8_path: str, recipe: str = DEFAULT_INT8, config=None,
                   calibration: Optional[list[dict]] = None) -> None:
-    """``model.onnx`` → INT8 by one of `INT8_RECIPES` (``static-qdq`` needs ``calibration`` feeds)."""
+    """``model.onnx`` → INT8 by one of `INT8_RECIPES` (``static-qdq`` needs ``calibration`` feeds).
+
+    Runs in a scratch working directory: onnxruntime's symbolic shape inference saves a debug copy of the model
+    (``sym_shape_infer_temp.onnx`` + external data) into the current directory when it cannot infer every shape."""
+    import contextlib
+    import tempfile
+
+    fp32_path, int8_path = os.path.abspath(fp32_path), os.path.abspath(int8_path)
+    with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
+        _quantize_int8(fp32_path, int8_path, recipe, config, calibration)
+
+
+def _quantize_int8(fp32_path: str, int8_path: str, recipe: str, config, calibration: Optional[list[dict]]) -> None:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
