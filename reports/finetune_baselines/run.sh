@@ -38,28 +38,8 @@ mkdir -p "$WORK"
 
 say() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $*" | tee -a "$PROGRESS"; }
 
-# The newest finished run folder of config $1 with seed $2, or nothing.
-done_run() {
-  "$PYTHON" - "$1" "$2" <<'PY'
-import glob, json, os, sys
-import yaml
-stem, seed = sys.argv[1], int(sys.argv[2])
-changed = os.path.getmtime(f"configs/{stem}.yaml")
-found = []
-for folder in glob.glob(f"logs/{stem}/version_*"):
-    metrics, config = os.path.join(folder, "test_metrics.json"), os.path.join(folder, "config.yaml")
-    try:
-        if os.path.getmtime(metrics) < changed or "selected" not in json.load(open(metrics)):
-            continue
-        if (yaml.safe_load(open(config)) or {}).get("seed_everything") != seed:
-            continue
-        found.append((int(folder.rsplit("_", 1)[1]), folder))
-    except (OSError, ValueError, yaml.YAMLError):
-        continue
-if found:
-    print(max(found)[1])
-PY
-}
+# The newest finished run folder of config $1 with seed $2, or nothing (reports/done_run.py).
+done_run() { "$PYTHON" reports/done_run.py "$1" "$1" any "$2"; }
 
 run_one() {  # config, seed, command…
   local stem=$1 seed=$2

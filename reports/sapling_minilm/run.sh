@@ -55,31 +55,8 @@ mkdir -p "$WORK"
 
 say() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $*" | tee -a "$PROGRESS"; }
 
-# The newest finished run folder of row $1 (config $2, selection $3) with seed $4, or nothing.
-done_run() {
-  "$PYTHON" - "$1" "$2" "$3" "$4" <<'PY'
-import glob, json, os, sys
-import yaml
-row, stem, how, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-changed = os.path.getmtime(f"configs/{stem}.yaml")
-found = []
-for folder in glob.glob(f"logs/{row}/version_*"):
-    metrics, config = os.path.join(folder, "test_metrics.json"), os.path.join(folder, "config.yaml")
-    try:
-        if os.path.getmtime(metrics) < changed:
-            continue
-        selected = json.load(open(metrics)).get("selected") or {}
-        if selected.get("how") != how:
-            continue
-        if (yaml.safe_load(open(config)) or {}).get("seed_everything") != seed:
-            continue
-        found.append((int(folder.rsplit("_", 1)[1]), folder))
-    except (OSError, ValueError, yaml.YAMLError):
-        continue
-if found:
-    print(max(found)[1])
-PY
-}
+# The newest finished run folder of row $1 (config $2, selection $3) with seed $4, or nothing (reports/done_run.py).
+done_run() { "$PYTHON" reports/done_run.py "$1" "$2" "$3" "$4"; }
 
 # The checkpoint a finished run folder $1 tested (what `seeds` recorded under "selected").
 tested_checkpoint() {
