@@ -4,6 +4,10 @@
   teacher's hard label and its logits, as soft targets); val/test stay the labelled splits, so checkpoint
   selection and the test report use gold labels. Without it (stage 2, baselines) this is exactly
   `ClassificationDataModule`.
+* ``pseudo_label_balance``: a teacher labelling an unlabeled corpus can starve a class (MiniLM on earnings-call
+  sentences: a few % negative against 13 % in PhraseBank). The option subsamples the pseudo-labelled rows to a
+  class balance (that of the labelled train split, or given proportions), keeping every row of the class that
+  limits it; the other remedy, reweighting, is ``class_weights: balanced``.
 * Online teacher with its own tokenizer: every split is also encoded with the teacher's tokenizer, and
   batches carry ``teacher_input_ids`` / ``teacher_attention_mask`` beside the student's.
 """
@@ -15,7 +19,7 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional, Sequence, Union
 
 import torch
 from torch.utils.data import DataLoader
@@ -76,6 +80,36 @@ def read_pseudo_labels(path: str, label_names: list[str]) -> PseudoLabels:
     return PseudoLabels(texts, labels, torch.tensor(logits, dtype=torch.float32), origins, next(iter(teachers)))
 
 
+def balanced_subsample(labels: Sequence[int], proportions: Sequence[float], seed: int = 0) -> list[int]:
+    """Indices (sorted) of the largest subsample of ``labels`` whose class shares are ``proportions``.
+
+    The total is ``n = min_c count_c / p_c`` over the classes with ``p_c > 0`` (the class that runs out first
+    keeps all its rows); class c contributes ``floor(n · p_c)`` rows drawn without replacement with ``seed``.
+    A class with proportion 0 is dropped. Same labels, proportions and seed → the same indices.
+    """
+    import numpy as np
+
+    k = len(proportions)
+    p = np.asarray(proportions, dtype=float)
+    if k == 0 or (p < 0).any() or p.sum() <= 0:
+        raise FinlightError(f"data.pseudo_label_balance={list(proportions)}: needs non-negative shares, not all 0")
+    p = p / p.sum()
+    y = np.asarray(labels, dtype=int)
+    counts = np.bincount(y, minlength=k)[:k]
+    empty = [c for c in range(k) if p[c] > 0 and counts[c] == 0]
+    if empty:
+        raise FinlightError(f"data.pseudo_label_balance: class index {empty} has no pseudo-labelled row; it cannot "
+                            f"be balanced (label more text, or give it share 0)")
+    total = min(counts[c] / p[c] for c in range(k) if p[c] > 0)
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in range(k):
+        members = np.nonzero(y == c)[0]
+        take = min(len(members), int(np.floor(total * p[c] + 1e-9)))
+        keep.extend(rng.choice(members, size=take, replace=False).tolist() if take else [])
+    return sorted(int(i) for i in keep)
+
+
 class DistillationDataset(EncodedDataset):
     """`EncodedDataset` whose items may also carry ``teacher_logits`` and ``teacher_input_ids``."""
 
@@ -123,9 +157,14 @@ class PseudoLabelledDataModule(ClassificationDataModule):
         **kwargs: everything `ClassificationDataModule` takes (the labelled source, label_names, batches …).
     """
 
-    def __init__(self, pseudo_label_path: Optional[str] = None, **kwargs):
+    def __init__(self, pseudo_label_path: Optional[str] = None,
+                 pseudo_label_balance: Union[None, Literal["labelled"], list[float]] = None, **kwargs):
         super().__init__(**kwargs)
+        if isinstance(pseudo_label_balance, str) and pseudo_label_balance != "labelled":
+            raise FinlightError(f"data.pseudo_label_balance={pseudo_label_balance!r}: use labelled, one share per "
+                                f"label, or null")
         self.pseudo_label_path = pseudo_label_path
+        self.pseudo_label_balance = pseudo_label_balance
         self.teacher_logits: dict[str, torch.Tensor] = {}
 
     def setup(self, stage: Optional[str] = None) -> None:
@@ -137,9 +176,13 @@ class PseudoLabelledDataModule(ClassificationDataModule):
         pseudo = read_pseudo_labels(self.pseudo_label_path, self.label_names)
         held_out = {r.text for name in ("val", "test") for r in self.splits[name]}
         keep = [i for i, t in enumerate(pseudo.texts) if t not in held_out]
-        if len(keep) < len(pseudo.texts):
+        dropped_held_out = len(pseudo.texts) - len(keep)
+        if dropped_held_out:
             log.warning("data: dropped %d pseudo-labelled texts that are in the labelled val/test splits",
-                        len(pseudo.texts) - len(keep))
+                        dropped_held_out)
+        balance = None
+        if self.pseudo_label_balance is not None:
+            keep, balance = self._balance(keep, [pseudo.labels[i] for i in keep])
         self.splits["train"] = [Record(pseudo.texts[i], self.label_names[pseudo.labels[i]], pseudo.origins[i])
                                 for i in keep]
         self.labels["train"] = [pseudo.labels[i] for i in keep]
@@ -147,10 +190,30 @@ class PseudoLabelledDataModule(ClassificationDataModule):
         self.class_weights = self._class_weights()
         self.report.update(self._summary())
         self.report["pseudo_labels"] = {"path": self.pseudo_label_path, "teacher": pseudo.teacher,
-                                        "rows": len(pseudo.texts), "dropped_in_val_or_test": len(pseudo.texts) - len(keep)}
+                                        "rows": len(pseudo.texts), "dropped_in_val_or_test": dropped_held_out,
+                                        "used": len(keep), "balance": balance}
         log.info("data train  %5d pseudo-labelled examples from %s (teacher %s) %s", len(keep),
                  self.pseudo_label_path, pseudo.teacher, self.report["label_counts"]["train"])
         self._write_report()
+
+    def _balance(self, keep: list[int], labels: list[int]) -> tuple[list[int], dict]:
+        """``keep`` subsampled to ``pseudo_label_balance``; and what it did, for ``data_report.json``."""
+        option, k = self.pseudo_label_balance, len(self.label_names)
+        if option == "labelled":
+            counts = Counter(self.labels["train"])
+            shares = [counts[c] / max(sum(counts.values()), 1) for c in range(k)]
+        else:
+            shares = [float(v) for v in option]
+            if len(shares) != k:
+                raise FinlightError(f"data.pseudo_label_balance has {len(shares)} shares for {k} labels "
+                                    f"{self.label_names}")
+        chosen = balanced_subsample(labels, shares, self.hp.seed)
+        before, after = Counter(labels), Counter(labels[i] for i in chosen)
+        name = self.label_names
+        info = {"option": option, "shares": dict(zip(name, [round(s / sum(shares), 4) for s in shares])),
+                "before": {name[c]: before[c] for c in range(k)}, "after": {name[c]: after[c] for c in range(k)}}
+        log.info("data: pseudo_label_balance=%s: %d → %d rows %s", option, len(labels), len(chosen), info["after"])
+        return [keep[i] for i in chosen], info
 
     # ------------------------------------------------------------------ batches
     @property

@@ -4,7 +4,9 @@ Each output row (JSONL) holds the text, where it came from, the teacher's hard l
 class, the logits by label name, and the teacher's identity. The corpus is a folder of ``.txt`` files (one
 sentence a line), a glob, or files with a text column (CSV/TSV/JSONL/Parquet). Texts are cleaned
 (whitespace), empties dropped, exact duplicates dropped (``--keep_duplicates`` keeps them), and labelled in
-chunks with dynamic padding.
+chunks with dynamic padding. ``--limit N`` takes the first N texts; ``--sample N --sample_seed S`` a seeded random
+subsample of N texts (kept in corpus order), so a large corpus is not represented by its alphabetically first
+files.
 
 Resumable: rows are appended chunk by chunk, and after each chunk a sidecar ``<output>.progress.json``
 records rows and bytes written (atomically replaced). On restart the sidecar must match the teacher, the
@@ -90,6 +92,21 @@ def read_corpus(inputs: Sequence[str], fmt: str = "auto", text_column: str = "te
     return texts, origins, counts
 
 
+def sample_corpus(texts: list[str], origins: list[str], sample: Optional[int], seed: int = 0
+                  ) -> tuple[list[str], list[str]]:
+    """A seeded random subsample of ``sample`` texts, in corpus order (all of them when there are fewer).
+
+    Why: ``limit`` takes the first N texts, i.e. the first transcripts in file order; a fixed random
+    subsample represents the whole corpus. Same corpus, ``sample`` and ``seed`` → the same texts.
+    """
+    if sample is None or sample >= len(texts):
+        return texts, origins
+    import random
+
+    keep = sorted(random.Random(seed).sample(range(len(texts)), sample))
+    return [texts[i] for i in keep], [origins[i] for i in keep]
+
+
 def corpus_fingerprint(texts: Sequence[str]) -> str:
     digest = hashlib.sha256()
     for text in texts:
@@ -173,7 +190,8 @@ def _resume_point(output: str, state: dict, texts: Sequence[str]) -> int:
 # ---------------------------------------------------------------------------------------------- command
 def pseudo_label(teacher: str, inputs: Sequence[str], output: str, *, fmt: str = "auto", text_column: str = "text",
                  encoding: Optional[str] = None, dedupe: bool = True, limit: Optional[int] = None,
-                 batch_size: int = 64, max_length: int = 128, chunk_size: int = 1024,
+                 sample: Optional[int] = None, sample_seed: int = 0, batch_size: int = 64, max_length: int = 128,
+                 chunk_size: int = 1024,
                  label_names: Optional[Sequence[str]] = None, device: str = "auto", overwrite: bool = False,
                  trust_remote_code: bool = False, progress_bar: bool = True) -> dict:
     """Label the corpus with the teacher into ``output`` (JSONL); returns the final progress record."""
@@ -183,14 +201,24 @@ def pseudo_label(teacher: str, inputs: Sequence[str], output: str, *, fmt: str =
         raise FinlightError(f"--output {output}: pseudo-labels are written as JSONL; name the file *.jsonl")
     if chunk_size < 1 or batch_size < 1:
         raise FinlightError("--chunk_size and --batch_size must be positive")
+    if limit is not None and sample is not None:
+        raise FinlightError("--limit takes the first N texts, --sample a random N: set one of them, not both")
+    if sample is not None and sample < 1:
+        raise FinlightError(f"--sample {sample}: must be a positive number of texts")
     state = None if overwrite else read_progress(output)
     if state is None and not overwrite and os.path.exists(output):
         raise FinlightError(f"{output}: exists without a progress record ({progress_path(output)}); pass "
                             f"--overwrite to replace it")
     texts, origins, counts = read_corpus(inputs, fmt, text_column, encoding, dedupe, limit)
+    if sample is not None:
+        counts["kept"] = min(sample, len(texts))
+        counts["sampled_from"] = len(texts)
+        texts, origins = sample_corpus(texts, origins, sample, sample_seed)
     fingerprint = corpus_fingerprint(texts)
     model = load_classifier(teacher, label_names, trust_remote_code)
     settings = {"max_length": max_length, "dedupe": dedupe}
+    if sample is not None:
+        settings.update(sample=sample, sample_seed=sample_seed)
     if state is not None:
         for key, ours, theirs in (("teacher", model.identity, state.get("teacher")),
                                   ("corpus_sha256", fingerprint, state.get("corpus_sha256")),
@@ -255,7 +283,8 @@ def _progress(total: int, done: int, enabled: bool):
 
 def pseudo_label_command(teacher: str, input: list[str], output: str, format: str = "auto",
                          text_column: str = "text", encoding: Optional[str] = None, keep_duplicates: bool = False,
-                         limit: Optional[PositiveInt] = None, batch_size: PositiveInt = 64,
+                         limit: Optional[PositiveInt] = None, sample: Optional[PositiveInt] = None,
+                         sample_seed: int = 0, batch_size: PositiveInt = 64,
                          max_length: PositiveInt = 128, chunk_size: PositiveInt = 1024,
                          label_names: Optional[list[str]] = None, device: str = "auto", overwrite: bool = False,
                          trust_remote_code: bool = False, progress_bar: bool = True) -> dict:
@@ -270,6 +299,8 @@ def pseudo_label_command(teacher: str, input: list[str], output: str, format: st
         encoding: corpus file encoding (default: utf-8, or the byte-order mark's).
         keep_duplicates: keep repeated texts (default: drop).
         limit: label only the first N texts (after cleaning).
+        sample: label a seeded random subsample of N texts (after cleaning and dedupe; kept in corpus order).
+        sample_seed: the subsample's seed.
         batch_size: texts per teacher batch.
         max_length: tokens per text.
         chunk_size: rows per appended, resumable chunk.
@@ -280,7 +311,8 @@ def pseudo_label_command(teacher: str, input: list[str], output: str, format: st
         progress_bar: show a progress bar (--no_progress_bar hides it).
     """
     state = pseudo_label(teacher, input, output, fmt=format, text_column=text_column, encoding=encoding,
-                         dedupe=not keep_duplicates, limit=limit, batch_size=batch_size, max_length=max_length,
+                         dedupe=not keep_duplicates, limit=limit, sample=sample, sample_seed=sample_seed,
+                         batch_size=batch_size, max_length=max_length,
                          chunk_size=chunk_size, label_names=label_names, device=device, overwrite=overwrite,
                          trust_remote_code=trust_remote_code, progress_bar=progress_bar)
     print(f"finlight: wrote {state['rows_done']} pseudo-labelled rows to {output} "

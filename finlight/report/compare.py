@@ -12,7 +12,18 @@ Reads every tested run (a folder with ``test_metrics.json``) under the given pat
 * ``groups.csv``: runs grouped by experiment, mean ± std (sample std, ddof=1) over seeds, Δ vs the baseline;
 * ``paired.csv`` (only when there are pairs): for each run and its baseline evaluated on the same test set,
   McNemar's test on per-example correctness and a paired bootstrap of the macro-F1 difference (95 % CI, p-value);
-* ``val_curves.png``: per-epoch validation curves of every run, overlaid (TensorBoard events).
+* ``val_curves.png``: per-epoch validation curves of every run, overlaid (TensorBoard events);
+* ``confusion.csv`` and a report section: each group's test confusion matrix, summed over its runs and
+  row-normalised (share of each true class predicted as each class), when the runs recorded one;
+* with ``--teacher <run folder>`` (distillation): ``kl_teacher`` per run = mean over test examples of
+  KL(teacher ‖ run) from the two ``test_predictions.csv`` files (T = 1; probabilities as written there, to 6
+  decimals, clipped at 1e-6), so the teacher's test logits are computed once, by its own ``test``.
+
+A run with a ``threshold_sweep.json`` (`finlight.core.callbacks.ThresholdSweep`) also offers its operating-point
+figures as metrics for ``--metrics``: ``val/threshold`` (chosen on validation), ``test/precision_at_threshold``,
+``test/recall_at_threshold``, ``test/f1_at_threshold`` (test at that threshold), ``test/average_precision`` and
+``test/auroc`` (threshold-free), and ``pr_curves.png`` overlays those runs' test PR curves. The paired tests always
+compare the argmax predictions of ``test_predictions.csv``.
 
 A ``test`` run in a new process writes its own log folder; its checkpoint path leads back to the ``fit``
 folder (``checkpoints/<exp>/version_N`` ↔ ``logs/<exp>/version_N``), whose config gives the seed and whose
@@ -39,10 +50,11 @@ from finlight.prune.checkpoint_selection import describe_selection
 from finlight.errors import FinlightError
 
 log = logging.getLogger("finlight.report.compare")
-CURVE_TAGS = ("val/macro_f1", "val/loss")
+CURVE_TAGS = ("val/acc", "val/macro_f1", "val/loss")  # val_curves.png: one panel each, runs overlaid
 DEFAULT_METRICS = ("test/acc", "test/macro_f1", "test/weighted_f1", "test/loss")
-# keys that may differ between runs of one configuration
-VOLATILE_KEYS = ("seed_everything", "ckpt_path", "config", "experiment", "trainer.logger")
+# keys that may differ between runs of one configuration (init_from: a stage-2 run starts from its own seed's
+# stage-1 checkpoint)
+VOLATILE_KEYS = ("seed_everything", "ckpt_path", "config", "experiment", "trainer.logger", "model.init_args.init_from")
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -140,6 +152,8 @@ class Run:
     latency: Optional[dict] = None
     checkpoint: Optional[str] = None
     selected: Optional[dict] = None  # which checkpoint was tested and why (``seeds --select``); older runs: None
+    confusion: Optional[list] = None  # test confusion matrix (true × predicted counts), when recorded
+    sweep: Optional[dict] = None  # threshold_sweep.json (ThresholdSweep), when the run has one
 
     @property
     def predictions_path(self) -> Optional[str]:
@@ -180,6 +194,17 @@ def _fit_folder(run_dir: Path, checkpoint: Optional[str]) -> Path:
     return run_dir
 
 
+def sweep_metrics(sweep: dict) -> dict[str, float]:
+    """The metrics a ``threshold_sweep.json`` adds to its run (see the module docstring)."""
+    at, curve = sweep["test"]["at_threshold"], sweep["test"]["pr_curve"]
+    out = {"val/threshold": sweep["threshold"], "test/precision_at_threshold": at["precision"],
+           "test/recall_at_threshold": at["recall"], "test/f1_at_threshold": at["f1"],
+           "test/average_precision": curve["average_precision"]}
+    if curve.get("roc_auc") is not None:
+        out["test/auroc"] = curve["roc_auc"]
+    return {k: float(v) for k, v in out.items()}
+
+
 def read_run(folder: str) -> Run:
     run_dir = Path(folder)
     metrics_file = run_dir / "test_metrics.json"
@@ -196,10 +221,20 @@ def read_run(folder: str) -> Run:
     if (run_dir / "latency.json").is_file():
         with open(run_dir / "latency.json") as handle:
             latency = json.load(handle)
+    sweep_file, sweep = run_dir / "threshold_sweep.json", None
+    if sweep_file.is_file():
+        try:
+            with open(sweep_file) as handle:
+                sweep = json.load(handle)
+            for key, value in sweep_metrics(sweep).items():
+                    metrics.setdefault(key, value)  # the test's own logged metrics come first
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise FinlightError(f"{sweep_file}: not a finlight threshold sweep ({type(err).__name__}: {err})") from None
     seed = config.get("seed_everything")
     return Run(path=str(run_dir), fit_path=str(fit_dir), group=fit_dir.parent.name, seed=seed if isinstance(seed, int) else None,
                label_names=list(report.get("label_names") or []), metrics=metrics, config=config, latency=latency,
-               checkpoint=report.get("checkpoint"), selected=report.get("selected"))
+               checkpoint=report.get("checkpoint"), selected=report.get("selected"),
+               confusion=report.get("confusion_matrix"), sweep=sweep)
 
 
 def discover_runs(paths: Sequence[str]) -> list[Run]:
@@ -320,7 +355,56 @@ def paired_tests(runs: Sequence[Run], baseline: str, resamples: int = 10_000, se
     return rows, notes
 
 
-def run_rows(runs: Sequence[Run], metrics: Sequence[str], curves: dict[str, dict], pairs: list[dict]) -> list[dict]:
+def teacher_kl(runs: Sequence[Run], teacher: str, floor: float = 1e-6) -> tuple[dict[str, float], list[str]]:
+    """``run path → mean_i KL(p_teacher,i ‖ p_run,i)`` on the test split, from the runs' ``test_predictions.csv``
+    (teacher probabilities and the run's clipped at ``floor`` and renormalised); notes on runs left out."""
+    from finlight.core.callbacks.collect import read_split_predictions
+
+    path = os.path.join(teacher, "test_predictions.csv")
+    if not os.path.isfile(path):
+        raise FinlightError(f"--teacher {teacher}: no test_predictions.csv there; give the teacher's tested run "
+                            f"folder (python -m finlight test … --ckpt_path <teacher>)")
+    t, names_t, texts_t = read_split_predictions(path)
+    order_t = np.argsort(t.index)
+    p_t = np.clip(t.probs[order_t], floor, None)
+    p_t /= p_t.sum(axis=1, keepdims=True)
+    out, notes = {}, []
+    for run in runs:
+        if run.predictions_path is None:
+            notes.append(f"{run.path}: no test_predictions.csv; no kl_teacher")
+            continue
+        r, names_r, texts_r = read_split_predictions(run.predictions_path)
+        order_r = np.argsort(r.index)
+        same = (names_r == names_t and np.array_equal(t.index[order_t], r.index[order_r])
+                and (texts_t is None or texts_r is None
+                     or [texts_t[i] for i in order_t] == [texts_r[i] for i in order_r]))
+        if not same:
+            notes.append(f"{run.path}: tested on another test set (or labels) than the teacher {teacher}; no kl_teacher")
+            continue
+        p_r = np.clip(r.probs[order_r], floor, None)
+        p_r /= p_r.sum(axis=1, keepdims=True)
+        out[run.path] = float(np.mean(np.sum(p_t * (np.log(p_t) - np.log(p_r)), axis=1)))
+    return out, notes
+
+
+def confusion_rows(runs: Sequence[Run]) -> list[dict]:
+    """Per group: the test confusion matrices of its runs summed, each true-class row divided by its total."""
+    out = []
+    for group in dict.fromkeys(r.group for r in runs):
+        members = [r for r in runs if r.group == group and r.confusion]
+        if not members or len({len(r.confusion) for r in members}) != 1:
+            continue
+        names = members[0].label_names or [str(i) for i in range(len(members[0].confusion))]
+        total = np.sum([np.asarray(r.confusion, float) for r in members], axis=0)
+        shares = total / np.maximum(total.sum(axis=1, keepdims=True), 1)
+        for i, true in enumerate(names):
+            out.append({"group": group, "runs": len(members), "true": true, "n": int(total[i].sum()),
+                        **{f"pred_{n}": float(shares[i, j]) for j, n in enumerate(names)}})
+    return out
+
+
+def run_rows(runs: Sequence[Run], metrics: Sequence[str], curves: dict[str, dict], pairs: list[dict],
+             kl: Optional[dict[str, float]] = None) -> list[dict]:
     by_run = {p["run"]: p for p in pairs}
     rows = []
     for r in runs:
@@ -329,7 +413,8 @@ def run_rows(runs: Sequence[Run], metrics: Sequence[str], curves: dict[str, dict
         rows.append({"group": r.group, "run": r.path, "seed": r.seed, "selected": describe_selection(r.selected),
                      "selected_by": _selected_by(r.selected), **{m: r.metrics.get(m) for m in metrics},
                      "best_val_macro_f1": max(val) if val else None, **_latency_columns(r),
-                     "mcnemar_p": pair.get("mcnemar_p"), "bootstrap_p": pair.get("bootstrap_p")})
+                     "mcnemar_p": pair.get("mcnemar_p"), "bootstrap_p": pair.get("bootstrap_p"),
+                     **({"kl_teacher": kl.get(r.path)} if kl is not None else {})})
     return rows
 
 
@@ -342,7 +427,9 @@ def _selected_by(selected: Optional[dict]) -> Optional[str]:
 
 def group_rows(rows: Sequence[dict], metrics: Sequence[str]) -> list[dict]:
     """Mean ± std over the runs of each group, for each metric column."""
-    columns = list(metrics) + ["best_val_macro_f1", "latency_ms_bs1", "samples_per_s"]
+    columns = list(metrics) + ["best_val_macro_f1", "latency_ms_bs1", "samples_per_s", "parameters", "disk_size_mb"]
+    if any("kl_teacher" in r for r in rows):
+        columns.append("kl_teacher")
     out = []
     for group in dict.fromkeys(r["group"] for r in rows):
         members = [r for r in rows if r["group"] == group]
@@ -405,9 +492,41 @@ def curves_figure(runs: Sequence[Run], curves: dict[str, dict]):
     return fig
 
 
+def pr_figure(runs: Sequence[Run]):
+    """Test precision–recall curves of every run with a threshold sweep, coloured by group, with each run's
+    operating point (the threshold chosen on validation) marked; None when no run has a sweep."""
+    swept = [r for r in runs if r.sweep is not None]
+    if not swept:
+        return None
+    from finlight.core.plots import plt
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    colours = {g: plt.cm.tab10(i % 10) for i, g in enumerate(dict.fromkeys(r.group for r in swept))}
+    seen = set()
+    for r in swept:
+        curve, at = r.sweep["test"]["pr_curve"], r.sweep["test"]["at_threshold"]
+        label = None
+        if r.group not in seen:
+            aps = [x.sweep["test"]["pr_curve"]["average_precision"] for x in swept if x.group == r.group]
+            label = f"{r.group} (AP {np.mean(aps):.3f}, {len(aps)} runs)"
+        seen.add(r.group)
+        ax.plot(curve["recall"], curve["precision"], color=colours[r.group], alpha=0.7, label=label)
+        ax.plot([at["recall"]], [at["precision"]], "o", color=colours[r.group])
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"test PR curves ({swept[0].sweep['positive_label']}); ● threshold chosen on val")
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
 def build_report(paths: Sequence[str], output_dir: str, baseline: Optional[str] = None,
-                 metrics: Sequence[str] = DEFAULT_METRICS, resamples: int = 10_000, seed: int = 0) -> dict:
-    """Everything ``report`` writes; returns the tables (tests read them)."""
+                 metrics: Sequence[str] = DEFAULT_METRICS, resamples: int = 10_000, seed: int = 0,
+                 teacher: Optional[str] = None) -> dict:
+    """Everything ``report`` writes; returns the tables (tests read them). ``teacher``: a tested run folder
+    whose test predictions give each run's ``kl_teacher``."""
     runs, notes = merge_retests(discover_runs(paths))
     groups = list(dict.fromkeys(r.group for r in runs))
     baseline = baseline or groups[0]
@@ -428,8 +547,13 @@ def build_report(paths: Sequence[str], output_dir: str, baseline: Optional[str] 
     curves = {}
     for r in runs:
         curves[r.path] = read_curves(r.fit_path)
-    rows = run_rows(runs, metrics, curves, pairs)
+    kl = None
+    if teacher:
+        kl, kl_notes = teacher_kl(runs, teacher)
+        notes += kl_notes
+    rows = run_rows(runs, metrics, curves, pairs, kl)
     grouped = group_rows(rows, metrics)
+    confusion = confusion_rows(runs)
     base = next(g for g in grouped if g["group"] == baseline)
     for g in grouped:
         for m in metrics:
@@ -440,7 +564,9 @@ def build_report(paths: Sequence[str], output_dir: str, baseline: Optional[str] 
     _write_csv(os.path.join(output_dir, "groups.csv"), grouped)
     if pairs:
         _write_csv(os.path.join(output_dir, "paired.csv"), pairs)
-    text = _markdown(rows, grouped, pairs, notes, metrics, baseline)
+    if confusion:
+        _write_csv(os.path.join(output_dir, "confusion.csv"), confusion)
+    text = _markdown(rows, grouped, pairs, notes, metrics, baseline, confusion, teacher)
     with open(os.path.join(output_dir, "report.md"), "w") as handle:
         handle.write(text)
     figure = curves_figure(runs, curves)
@@ -448,10 +574,20 @@ def build_report(paths: Sequence[str], output_dir: str, baseline: Optional[str] 
     from finlight.core.plots import plt
 
     plt.close(figure)
-    return {"runs": rows, "groups": grouped, "pairs": pairs, "notes": notes, "baseline": baseline, "markdown": text}
+    pr = pr_figure(runs)
+    if pr is not None:
+        pr.savefig(os.path.join(output_dir, "pr_curves.png"), dpi=110)
+        plt.close(pr)
+    return {"runs": rows, "groups": grouped, "pairs": pairs, "notes": notes, "baseline": baseline, "markdown": text,
+            "confusion": confusion}
 
 
-def _markdown(rows, grouped, pairs, notes, metrics, baseline) -> str:
+# optional group columns, shown when some group has a value: (column, header, digits)
+_EXTRA_GROUP_COLUMNS = (("kl_teacher", "KL(teacher‖run)", 4), ("parameters", "params (M)", 2),
+                        ("disk_size_mb", "MB", 1), ("samples_per_s", "docs/s", 0))
+
+
+def _markdown(rows, grouped, pairs, notes, metrics, baseline, confusion=(), teacher=None) -> str:
     short = [m.split("/")[-1] for m in metrics]
     group_view = []
     for g in grouped:
@@ -460,6 +596,11 @@ def _markdown(rows, grouped, pairs, notes, metrics, baseline) -> str:
         for m, s in zip(list(metrics) + ["best_val_macro_f1", "latency_ms_bs1"], short + ["best val macro_f1", "ms @bs1"]):
             mean, std = g[f"{m}_mean"], g[f"{m}_std"]
             view[s] = "—" if math.isnan(mean) else f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+        for column, header, digits in _EXTRA_GROUP_COLUMNS:
+            if any(not math.isnan(x.get(f"{column}_mean", float("nan"))) for x in grouped):
+                mean = g.get(f"{column}_mean", float("nan"))
+                scale = 1e6 if column == "parameters" else 1
+                view[header] = "—" if math.isnan(mean) else f"{mean / scale:.{digits}f}"
         if "test/macro_f1" in metrics:
             view["Δ macro_f1"] = f"{g['test/macro_f1_delta_vs_baseline']:+.4f}"
         group_view.append(view)
@@ -469,7 +610,7 @@ def _markdown(rows, grouped, pairs, notes, metrics, baseline) -> str:
            "## Groups", "", markdown_table(group_view, list(group_view[0])),
            "## Runs", "", markdown_table(run_view, ["group", "run", "seed", "selected", "selected_by"] + short + [
                "best_val_macro_f1", "parameters", "disk_size_mb", "latency_ms_bs1", "samples_per_s",
-               "mcnemar_p", "bootstrap_p"])]
+               "mcnemar_p", "bootstrap_p"] + (["kl_teacher"] if any("kl_teacher" in r for r in rows) else []))]
     if pairs:
         out += ["## Paired tests against the baseline (same test set)", "",
                 "McNemar on per-example correctness (b: baseline right / run wrong, c: the reverse; exact binomial "
@@ -484,6 +625,15 @@ def _markdown(rows, grouped, pairs, notes, metrics, baseline) -> str:
                        f"0.05 by both tests; Δ macro-F1 per pair: "
                        + ", ".join(f"{p['delta_macro_f1']:+.4f} [{p['ci_low']:+.4f}, {p['ci_high']:+.4f}]" for p in ps))
         out.append("")
+    if confusion:
+        preds = [c for c in confusion[0] if c.startswith("pred_")]
+        out += ["## Confusion matrices (test, summed over each group's runs, row-normalised)", "",
+                "Each row: the share of that true class predicted as each class.", "",
+                markdown_table([{**c, **{p: f"{c[p]:.3f}" for p in preds}} for c in confusion],
+                               ["group", "runs", "true", "n"] + preds)]
+    if teacher:
+        out += [f"KL(teacher‖run): mean over the test examples of KL(p_teacher ‖ p_run), T = 1, teacher = "
+                f"`{teacher}` (its test_predictions.csv).", ""]
     if notes:
         out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(out)
@@ -491,7 +641,7 @@ def _markdown(rows, grouped, pairs, notes, metrics, baseline) -> str:
 
 def report_command(paths: list[str], output_dir: str = "reports", baseline: Optional[str] = None,
                    metrics: list[str] = list(DEFAULT_METRICS), resamples: PositiveInt = 10_000,
-                   seed: NonNegativeInt = 0) -> dict:
+                   seed: NonNegativeInt = 0, teacher: Optional[str] = None) -> dict:
     """Compare finished runs: tables, curves, mean ± std over seeds, paired significance tests.
 
     Args:
@@ -501,10 +651,11 @@ def report_command(paths: list[str], output_dir: str = "reports", baseline: Opti
         metrics: metrics in the tables.
         resamples: paired bootstrap resamples (at least 100; 10,000 for p-values you report).
         seed: bootstrap seed.
+        teacher: a teacher's tested run folder: adds kl_teacher, KL(teacher ‖ run) on the test split.
     """
     if resamples < 100:
         raise FinlightError(f"--resamples {resamples}: use at least 100 (10,000 for p-values you report)")
-    result = build_report(paths, output_dir, baseline, metrics, resamples, seed)
+    result = build_report(paths, output_dir, baseline, metrics, resamples, seed, teacher)
     print(result["markdown"])
     print(f"finlight: report of {len(result['runs'])} runs in {len(result['groups'])} groups → {output_dir}/report.md")
     return result
