@@ -233,7 +233,7 @@ def main() -> None:
     from machine import encoder_forward_flops, print_header
 
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # the variants chdir into their work folder
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="run_", dir=out))
     if not Path(args.data).is_file():

@@ -10,7 +10,9 @@ untuned model: the zero-shot "before" row.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Literal, Optional
@@ -28,6 +30,7 @@ from finlight.core.adapters import (CAUSAL_HEADS, LoraOptions, QuantizationOptio
 from finlight.core.backbone import _unreachable, backbone_state, rebuild_backbone, set_pad_token
 from finlight.core.base import ClassificationModule
 from finlight.core.optim import Schedule
+from finlight.core.run_dir import run_dir
 from finlight.causal_lm.scoring import (cached_label_log_probs, check_label_tokens, class_log_probs,
                                        first_token_log_probs, label_continuations, parse_answer, sequence_log_prob)
 
@@ -114,12 +117,33 @@ def load_causal_base(name: str, lora: Optional[LoraOptions], quantization: Optio
 
 @torch.no_grad()
 def greedy_generate(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                    max_new_tokens: int) -> list[str]:
-    """Greedy continuations (new tokens only, special tokens removed) of left-padded prompts."""
+                    max_new_tokens: int, stats: Optional[dict] = None) -> list[str]:
+    """Greedy continuations (new tokens only, special tokens removed) of left-padded prompts.
+
+    ``stats`` (optional) accumulates ``prompt_tokens``, ``new_tokens`` (per row, up to and including its first
+    EOS) and ``seconds`` (wall time of ``generate``, prompt pass included), for a tokens/s figure."""
+    start = time.perf_counter()
     out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=False,
                          max_new_tokens=max_new_tokens, use_cache=True,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    return tokenizer.batch_decode(out[:, prompt_ids.shape[1]:], skip_special_tokens=True)
+    new = out[:, prompt_ids.shape[1]:]
+    if stats is not None:
+        stats["seconds"] = stats.get("seconds", 0.0) + time.perf_counter() - start
+        stats["prompt_tokens"] = stats.get("prompt_tokens", 0) + int(prompt_mask.sum())
+        stats["new_tokens"] = stats.get("new_tokens", 0) + generated_lengths(new, tokenizer.eos_token_id)
+    return tokenizer.batch_decode(new, skip_special_tokens=True)
+
+
+def generated_lengths(new_tokens: torch.Tensor, eos_token_id) -> int:
+    """How many tokens the rows of ``generate``'s new part really produced: each up to and including its first
+    EOS (what follows is padding), the whole width for a row that never ended."""
+    eos = torch.as_tensor(eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id],
+                          device=new_tokens.device)
+    ended = torch.isin(new_tokens, eos)
+    width = new_tokens.shape[1]
+    never = torch.full((new_tokens.shape[0],), width, dtype=torch.long, device=new_tokens.device)
+    first = torch.where(ended.any(-1), ended.float().argmax(-1).long() + 1, never)
+    return int(first.sum())
 
 
 def causal_backbone_options(backbone, scratch, lora, quantization):
@@ -199,6 +223,8 @@ class CausalLMClassifier(ClassificationModule):
         self.label_token_ids: Optional[list[list[int]]] = None
         self.confusion: dict[str, torch.Tensor] = {}
         self._scoring_speed = {"tokens": 0, "seconds": 0.0}  # constrained scoring's forward passes, per epoch
+        self._generation_speed: dict = {}  # generate-and-parse: prompt / new tokens and seconds, per epoch
+        self._answers: list[dict] = []  # generate-and-parse: every answer verbatim, per epoch
 
     @property
     def adapter_only(self) -> bool:
@@ -313,7 +339,7 @@ class CausalLMClassifier(ClassificationModule):
     def generate_answers(self, batch: dict) -> list[str]:
         """Greedy answers (decoded new tokens, special tokens removed) to the left-padded prompts."""
         return greedy_generate(self.model, self.tokenizer, batch["prompt_ids"], batch["prompt_mask"],
-                               self.max_new_tokens)
+                               self.max_new_tokens, self._generation_speed)
 
     def _evaluation_step(self, batch: dict, stage: str) -> None:
         start = time.perf_counter()
@@ -334,7 +360,11 @@ class CausalLMClassifier(ClassificationModule):
             self._scoring_speed["tokens"] += tokens
             self._scoring_speed["seconds"] += seconds
             return
-        parsed = [parse_answer(a, self.label_words) for a in self.generate_answers(batch)]
+        answers = self.generate_answers(batch)
+        parsed = [parse_answer(a, self.label_words) for a in answers]
+        for index, label, answer, p in zip(batch["index"].tolist(), batch["labels"].tolist(), answers, parsed):
+            self._answers.append({"index": index, "label": self.label_names[label], "answer": answer,
+                                  "parsed": None if p is None else self.label_names[p]})
         unparseable = len(self.label_names)
         predicted = torch.tensor([unparseable if p is None else p for p in parsed], device=logits.device)
         metrics.update(predicted, batch["labels"])
@@ -353,13 +383,36 @@ class CausalLMClassifier(ClassificationModule):
         if speed["seconds"] > 0:
             self.log(f"{stage}/scoring_tokens_per_s", speed["tokens"] / speed["seconds"], sync_dist=True)
 
+    def _log_generation(self, stage: str) -> None:
+        """Generate-and-parse: ``<stage>/generation_tokens_per_s`` (new tokens over the wall time of ``generate``,
+        prompt pass included), ``<stage>/prompt_tokens_per_generate_s``, and every answer verbatim in
+        ``<stage>_generations.jsonl`` in the run folder (index in the split, true label, answer, parsed label or
+        null), so unparseable answers can be read, not just counted."""
+        speed, self._generation_speed = self._generation_speed, {}
+        answers, self._answers = self._answers, []
+        if self.evaluation != "generate" or self._trainer is None or self.trainer.sanity_checking:
+            return
+        if speed.get("seconds", 0) > 0:
+            self.log(f"{stage}/generation_tokens_per_s", speed["new_tokens"] / speed["seconds"], sync_dist=True)
+            self.log(f"{stage}/prompt_tokens_per_generate_s", speed["prompt_tokens"] / speed["seconds"],
+                     sync_dist=True)
+        folder = run_dir(self.trainer)
+        if folder is None or not self.trainer.is_global_zero or self.trainer.world_size > 1:
+            return
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, f"{stage}_generations.jsonl"), "w", encoding="utf-8") as handle:
+            for row in sorted(answers, key=lambda r: r["index"]):
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
         self._log_scoring_speed("val")
+        self._log_generation("val")
 
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()
         self._log_scoring_speed("test")
+        self._log_generation("test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """Raw answer beside the parsed label (empty when unparseable, and ``parsed`` says so)."""

@@ -163,6 +163,10 @@ def rebuild_backbone(state: dict, trust_remote_code: bool = False, causal_lm: bo
         tokenizer = AutoTokenizer.from_pretrained(tmp)
     auto_class = AutoModelForCausalLM if causal_lm else AutoModelForSequenceClassification
     model = auto_class.from_config(config, trust_remote_code=trust_remote_code)
+    if not causal_lm:
+        from finlight.core.heads import apply_recorded_head
+
+        apply_recorded_head(model)  # an MLP head (model.head_hidden) recorded in the config
     return model.float(), tokenizer
 
 

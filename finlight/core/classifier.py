@@ -19,6 +19,7 @@ from finlight.core.adapters import (SEQUENCE_HEADS, LoraOptions, QuantizationOpt
 from finlight.core.backbone import (ScratchConfig, backbone_state, build_from_scratch, load_pretrained,
                                       rebuild_backbone)
 from finlight.core.base import ClassificationModule
+from finlight.core.heads import CONFIG_KEY as HEAD_KEY, install_mlp_head
 from finlight.core.optim import Schedule
 from finlight.prune.surgery import keep_layers as cut_to_layers, kept_layer_indices
 
@@ -53,6 +54,9 @@ class SequenceClassifier(ClassificationModule):
             ``k``; or increasing indices such as ``[0, 2, 4]``); the others are removed for real
             (`finlight.prune.surgery.drop_layers`), so checkpoints record the shallower config and
             ``test --ckpt_path`` / ``export`` rebuild the cut model from the checkpoint alone.
+        head_hidden: replace the linear classification head by an MLP head with this many hidden units
+            (`finlight.core.heads`): the equal-parameter control of methods that add parameters elsewhere
+            (`finlight.core.heads.hidden_for_extra_parameters` sizes it). Recorded in the checkpoint's config.
     """
 
     def __init__(
@@ -73,6 +77,7 @@ class SequenceClassifier(ClassificationModule):
         quantization: Optional[QuantizationOptions] = None,
         gradient_checkpointing: bool = False,
         keep_layers: Optional[Union[int, list[int]]] = None,
+        head_hidden: Optional[PositiveInt] = None,
     ):
         super().__init__()
         if (backbone is None) == (scratch is None):
@@ -89,6 +94,13 @@ class SequenceClassifier(ClassificationModule):
                 raise FinlightError("model.keep_layers cuts a pretrained backbone; a model.scratch encoder sets its "
                                     "depth with model.scratch.num_layers")
             kept_layer_indices(keep_layers, name="model.keep_layers")  # the range is checked once it has loaded
+        if head_hidden is not None:
+            if isinstance(head_hidden, bool) or not isinstance(head_hidden, int) or head_hidden < 1:
+                raise FinlightError(f"model.head_hidden={head_hidden!r}: use a whole number of hidden units >= 1, or "
+                                    "leave it unset for the backbone's linear head")
+            if self.adapter_only:
+                raise FinlightError("model.head_hidden with model.lora / model.quantization is not supported (their "
+                                    "checkpoints rebuild the base's own head); leave model.head_hidden unset")
         self.save_hyperparameters(logger=False)
         self.scratch = as_options(scratch, ScratchConfig)
         self.hparams["lora"], self.hparams["quantization"] = options_dict(self.lora), options_dict(self.quantization)
@@ -115,6 +127,11 @@ class SequenceClassifier(ClassificationModule):
                 model, tokenizer = build_from_scratch(self.scratch, label_names, getattr(datamodule, "train_texts", []))
             else:
                 model, tokenizer = self._load_pretrained(self.backbone_name, label_names)
+            hidden = self.hparams.get("head_hidden")
+            if hidden is not None:
+                replaced = install_mlp_head(model, int(hidden), len(label_names))
+                log.info("model.head_hidden: %s replaced by an MLP head of width %d (%s parameters in all)", replaced,
+                         hidden, f"{sum(p.numel() for p in model.parameters()):,}")
             self._install(model, tokenizer, label_names)
         if not hasattr(self, "class_weights"):
             self.register_buffer("class_weights", None, persistent=False)
@@ -228,5 +245,9 @@ class SequenceClassifier(ClassificationModule):
 
     def export_hf(self, directory: str) -> None:
         """A Hugging Face directory (model + tokenizer, id2label set) that loads without finlight."""
+        if getattr(self.model.config, HEAD_KEY, None) is not None:
+            raise FinlightError("a model.head_hidden (MLP head) model is not a plain Hugging Face model: AutoModel "
+                                "classes would replace its head by a random linear one; use its checkpoint or "
+                                "python -m finlight export-onnx --ckpt_path CKPT")
         self.model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)

@@ -17,8 +17,8 @@ from typing import Optional
 import torch
 
 from finlight.dendrites.tracker import PAITracker
-from finlight.dendrites.perforate import (DendriteOptions, adapter_state_dict, as_dendrite_options, import_pai, pai_guard,
-                                perforate, preflight, probe_output_ranks, trainable_parameters)
+from finlight.dendrites.perforate import (DendriteOptions, adapter_state_dict, as_dendrite_options, dendrite_sets,
+                                import_pai, pai_guard, perforate, preflight, probe_output_ranks, trainable_parameters)
 from finlight.errors import FinlightError
 from finlight.core.backbone import rebuild_backbone
 from finlight.core.classifier import CHECKPOINT_KEY, SequenceClassifier, check_state_dict_fits
@@ -96,6 +96,12 @@ class DendriticClassifier(SequenceClassifier):
     def configure_callbacks(self):
         # in every stage (it acts during fit only), so Lightning finds the callback a checkpoint names
         return [PAITracker(monitor=self.monitor)]
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        # how many dendrite sets the tested model has (test_metrics.json; `finlight report --metrics`): the best
+        # checkpoint often predates the last switch, so the fit's final count is not the tested model's
+        self.log("test/dendrite_sets", float(dendrite_sets(self.model.state_dict())))
 
     def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
         with pai_guard():  # perforatedai's dimension checks run in backward hooks and call sys.exit(0)

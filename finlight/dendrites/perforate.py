@@ -52,6 +52,10 @@ class DendriteOptions:
             three. For tests and a first check of a new backbone only; real runs switch on the score.
         max_dendrites: stop after this many dendrite sets.
         n_epochs_to_switch: epochs without improvement before a switch (perforatedai's patience).
+        switch_every: instead of switching when the score stalls, switch on a fixed schedule: after every
+            ``switch_every`` epochs (perforatedai's ``DOING_FIXED_SWITCH`` with ``fixed_switch_num``), so the first
+            dendrite set arrives after epoch ``switch_every - 1`` (0-based) whatever the scores do. For short
+            fine-tuning runs, where a patience of a few epochs would never trigger before the run ends.
         improvement_threshold: relative improvement that counts (perforatedai default 1e-4).
         making_graphs: let perforatedai draw its PNG graphs into the run folder (slow: ~1 s an epoch).
         extra: any other perforatedai setting by name, applied as ``GPA.pc.set_<name>(value)``.
@@ -62,21 +66,38 @@ class DendriteOptions:
     smoke_test: bool = False
     max_dendrites: PositiveInt = 2
     n_epochs_to_switch: PositiveInt = 3
+    switch_every: Optional[PositiveInt] = None
     improvement_threshold: NonNegativeFloat = 1e-4
     making_graphs: bool = False
     extra: dict = field(default_factory=dict)
 
 
 def as_dendrite_options(value) -> Optional[DendriteOptions]:
-    if value is None or isinstance(value, DendriteOptions):
-        return value
+    if value is None:
+        return None
     if isinstance(value, dict):
         unknown = set(value) - set(DendriteOptions.__dataclass_fields__)
         if unknown:
             raise FinlightError(f"model.dendrites: unknown key(s) {sorted(unknown)}; "
                                 f"known: {sorted(DendriteOptions.__dataclass_fields__)}")
-        return DendriteOptions(**value)
-    raise FinlightError(f"model.dendrites: expected a mapping, got {type(value).__name__}")
+        value = DendriteOptions(**value)
+    if not isinstance(value, DendriteOptions):
+        raise FinlightError(f"model.dendrites: expected a mapping, got {type(value).__name__}")
+    check_switch_every(value)
+    return value
+
+
+def check_switch_every(options: DendriteOptions) -> None:
+    """``switch_every``: a whole number of epochs, and not together with the smoke test (which switches itself)."""
+    value = options.switch_every
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise FinlightError(f"model.dendrites.switch_every={value!r}: use a whole number of epochs >= 1, or leave "
+                            "it unset to switch when val stops improving (n_epochs_to_switch)")
+    if options.smoke_test:
+        raise FinlightError("model.dendrites.switch_every with smoke_test: true: the smoke test switches every "
+                            "epoch by itself; set one of them")
 
 
 def import_pai():
@@ -286,6 +307,9 @@ def reset_pai_state(options: DendriteOptions, device: torch.device):
     pc.set_max_dendrites(int(options.max_dendrites))
     pc.set_n_epochs_to_switch(int(options.n_epochs_to_switch))
     pc.set_improvement_threshold(float(options.improvement_threshold))
+    if options.switch_every is not None:  # checked by as_dendrite_options
+        pc.set_switch_mode(pc.DOING_FIXED_SWITCH)
+        pc.set_fixed_switch_num(int(options.switch_every))
     for key, value in options.extra.items():
         setter = getattr(pc, f"set_{key}", None)
         if setter is None:
@@ -356,6 +380,16 @@ def dendrite_count() -> int:
     GPA, _, _ = import_pai()
     tracker = GPA.pai_tracker
     return int(tracker.member_vars["num_dendrites_added"]) if tracker else 0
+
+
+def dendrite_sets(state_dict: dict) -> int:
+    """Dendrite sets a perforated model's weights hold (0 before the first switch), read from the weights
+    themselves: perforatedai stores dendrite ``i`` of a layer under ``<layer>.dendrite_module.layers.<i>.`` (with
+    ``<layer>.dendrites_to_top.<i>``; checked on perforatedai 3.2.9). Unlike `dendrite_count` (the tracker's
+    counter, which goes on counting after the best model was saved), this is the count of the evaluated model."""
+    marker = ".dendrite_module.layers."
+    sets = {key.split(marker, 1)[1].split(".", 1)[0] for key in state_dict if marker in key}
+    return len({s for s in sets if s.isdigit()})
 
 
 def trainable_parameters(model: nn.Module) -> int:

@@ -28,6 +28,10 @@ def export_hf(ckpt_path: str, output_dir: str, trust_remote_code: bool = False, 
                             f"perforatedai dendrites that AutoModel classes would silently drop); export it with "
                             f"python -m finlight export-onnx --ckpt_path {ckpt_path} --output_dir DIR (full-weight "
                             f"runs; a LoRA / 4-bit dendritic run is used through validate/test/predict)")
+    if (checkpoint["finlight"].get("backbone") or {}).get("config", {}).get("finlight_head_hidden") is not None:
+        raise FinlightError(f"{ckpt_path}: a model.head_hidden (MLP head) model is not a plain Hugging Face model "
+                            f"(AutoModel classes would replace its head by a random linear one); export it with "
+                            f"python -m finlight export-onnx --ckpt_path {ckpt_path} --output_dir DIR")
     if checkpoint["finlight"].get("adapter_only"):
         from finlight.deploy.export_adapter import export_adapter
 

@@ -10,6 +10,7 @@ the records of a split back by each batch's ``index`` to score what it generated
 from __future__ import annotations
 
 import logging
+import random
 from typing import Literal, Optional
 
 import lightning.pytorch as pl
@@ -47,6 +48,9 @@ class FinQADataModule(ModelTokenizer, LoaderPerSplit, DataReport, pl.LightningDa
         instruction / template / use_chat_template / answer_prefix: prompt rendering (see `PromptRenderer`);
             ``instruction`` defaults to one per target.
         batch_size / eval_batch_size / seed / num_workers: loaders (training batches length-grouped).
+        eval_subsample: score at most this many records of the val and test files, drawn at random with
+            ``seed`` (file order kept): a slow model on a CPU can afford tens of questions, not hundreds; the
+            data report records the sample size. ``limit_*_batches`` would take the longest prompts first.
     """
 
     def __init__(
@@ -67,6 +71,7 @@ class FinQADataModule(ModelTokenizer, LoaderPerSplit, DataReport, pl.LightningDa
         eval_batch_size: Optional[PositiveInt] = None,
         seed: NonNegativeInt = 42,
         num_workers: NonNegativeInt = 0,
+        eval_subsample: Optional[PositiveInt] = None,
     ):
         super().__init__()
         context_order = list(context_order or SECTIONS)
@@ -124,6 +129,7 @@ class FinQADataModule(ModelTokenizer, LoaderPerSplit, DataReport, pl.LightningDa
         for split, path in paths.items():
             if path and split not in self.records:
                 self.records[split] = load_finqa(path, require_gold=True)
+                self._subsample(split)
                 log.info("data %-5s %4d FinQA examples from %s", split, len(self.records[split]), path)
         if self.oracle_context:
             for split in needed:  # fail now, naming the file, rather than at the first batch
@@ -141,6 +147,18 @@ class FinQADataModule(ModelTokenizer, LoaderPerSplit, DataReport, pl.LightningDa
             else:
                 self.predict_records = list(self.records.get("test", []))
         self.report["sizes"] = {split: len(records) for split, records in self.records.items()}
+
+    def _subsample(self, split: str) -> None:
+        """Keep ``eval_subsample`` seeded random records of an evaluation split (in file order)."""
+        size, records = self.hp.get("eval_subsample"), self.records[split]
+        if split == "train" or size is None or size >= len(records):
+            return
+        keep = sorted(random.Random(self.hp.seed).sample(range(len(records)), size))
+        self.records[split] = [records[i] for i in keep]
+        self.report.setdefault("eval_subsample", {})[split] = {"rows": size, "of": len(records),
+                                                              "seed": self.hp.seed}
+        log.info("data %s: a random subsample of %d of %d records (seed %d)", split, size, len(records),
+                 self.hp.seed)
 
     def split_records(self, split: str) -> list[FinQARecord]:
         return self.predict_records if split == "predict" else self.records[split]

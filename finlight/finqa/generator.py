@@ -96,6 +96,7 @@ class FinQAGenerator(pl.LightningModule):
                                            for stage in ("val", "test")})
         self.val_exec_acc_best = MaxMetric()
         self._test_rows: list[dict] = []
+        self._generation_speed: dict = {}  # prompt / new tokens and seconds of greedy decoding, per epoch
 
     @property
     def adapter_only(self) -> bool:
@@ -159,7 +160,15 @@ class FinQAGenerator(pl.LightningModule):
 
     def generate(self, batch: dict) -> list[str]:
         return greedy_generate(self.model, self.tokenizer, batch["prompt_ids"], batch["prompt_mask"],
-                               self.max_new_tokens)
+                               self.max_new_tokens, self._generation_speed)
+
+    def _log_generation_speed(self, stage: str) -> None:
+        """``<stage>/generation_tokens_per_s``: new tokens over the wall time of ``generate`` (prompt pass
+        included), and ``<stage>/prompt_tokens_per_generate_s`` (prompt tokens over the same time)."""
+        speed, self._generation_speed = self._generation_speed, {}
+        if self._trainer is not None and not self.trainer.sanity_checking and speed.get("seconds", 0) > 0:
+            self.log(f"{stage}/generation_tokens_per_s", speed["new_tokens"] / speed["seconds"])
+            self.log(f"{stage}/prompt_tokens_per_generate_s", speed["prompt_tokens"] / speed["seconds"])
 
     def score_batch(self, batch: dict, split: str, texts: list[str]) -> list[tuple]:
         """(position in the split, record, generated text, `Score`) per row of the batch."""
@@ -197,6 +206,7 @@ class FinQAGenerator(pl.LightningModule):
         self.val_exec_acc_best.reset()  # forget the sanity check
 
     def on_validation_epoch_end(self) -> None:
+        self._log_generation_speed("val")
         if self.trainer.sanity_checking or self.trainer.state.fn != "fit":
             return
         self.val_exec_acc_best.update(self.scores["val"]["exec_acc"].compute())
@@ -206,6 +216,7 @@ class FinQAGenerator(pl.LightningModule):
         self._test_rows = []
 
     def on_test_epoch_end(self) -> None:
+        self._log_generation_speed("test")
         rows = self._test_rows
         if self.trainer.world_size > 1:
             shares: list = [None] * self.trainer.world_size

@@ -75,11 +75,14 @@ def choose_threshold(rows: list[dict], select: Selection = "f1", target: Optiona
 
 
 def pr_curve(labels: Sequence[int], scores: Sequence[float]) -> dict:
-    """The exact precision–recall curve (sklearn) and average precision."""
-    from sklearn.metrics import average_precision_score, precision_recall_curve
+    """The exact precision–recall curve (sklearn), average precision, and the ROC AUC (threshold-free: the
+    chance that a random positive scores above a random negative; it needs both classes)."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
     precision, recall, thresholds = precision_recall_curve(labels, scores)
+    both = 0 < int(np.sum(labels)) < len(labels)
     return {"average_precision": float(average_precision_score(labels, scores)),
+            "roc_auc": float(roc_auc_score(labels, scores)) if both else None,
             "precision": precision.round(6).tolist(), "recall": recall.round(6).tolist(),
             "thresholds": thresholds.round(6).tolist()}
 
@@ -266,13 +269,20 @@ class ThresholdSweep(pl.Callback):
         scalars = {"val/threshold": r["threshold"], "val/f1_at_threshold": r["val"]["at_threshold"]["f1"],
                    "test/precision_at_threshold": at["precision"], "test/recall_at_threshold": at["recall"],
                    "test/f1_at_threshold": at["f1"], "test/average_precision": r["test"]["pr_curve"]["average_precision"]}
+        if r["test"]["pr_curve"]["roc_auc"] is not None:
+            scalars["test/auroc"] = r["test"]["pr_curve"]["roc_auc"]
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=trainer.global_step)
         print(f"finlight: threshold {r['threshold']:.2f} chosen on val ({self.select}"
               f"{'' if self.target is None else f' >= {self.target}'}"
               f"{'' if r['target_met'] else ', target not met: best F1'}); test at it: precision "
               f"{at['precision']:.3f}, recall {at['recall']:.3f}, F1 {at['f1']:.3f} "
-              f"(at 0.5: F1 {r['test']['at_0.5']['f1']:.3f}) → {os.path.join(folder, self.filename)}.json")
+              f"(at 0.5: F1 {r['test']['at_0.5']['f1']:.3f}; AP {r['test']['pr_curve']['average_precision']:.3f}, "
+              f"ROC AUC {_fmt_auc(r['test']['pr_curve']['roc_auc'])}) → {os.path.join(folder, self.filename)}.json")
+
+
+def _fmt_auc(value: Optional[float]) -> str:
+    return "—" if value is None else f"{value:.3f}"
 
 
 def _sweep_figure(result: dict):

@@ -17,7 +17,7 @@ from finlight.core.data.cleaning import clean_text, find_duplicates, resolve_dup
 from finlight.core.data.labels import LabelSpace
 from finlight.core.data.records import DropLog, Record
 from finlight.core.data.sources import read_records
-from finlight.core.data.splits import check_ratios, grouped_stratified_split
+from finlight.core.data.splits import check_ratios, grouped_stratified_split, stratified_subsample
 from finlight.core.data.tokenization import (EncodedDataset, LengthGroupedSampler, PaddingCollator, SortedSampler,
                                         encode_texts)
 from finlight.errors import FinlightError
@@ -103,6 +103,8 @@ class ClassificationDataModule(ModelTokenizer, LoaderPerSplit, DataReport, pl.Li
         duplicates: ``keep`` (all rows; equal texts still stay in one split), ``drop`` (one row per text,
             conflicting texts removed) or ``majority`` (one row per text, majority label).
         split_ratios: train / val / test shares for sources without splits.
+        train_subsample: train on only this many rows of the train split: a stratified sample drawn with
+            ``seed`` after splitting (val and test stay whole), for models too slow for a full epoch.
         seed: seed of the split and of the training batch order.
         max_length: tokens per example (incl. special tokens); longer texts are truncated and counted.
         batch_size / eval_batch_size: training / evaluation batch sizes.
@@ -131,6 +133,7 @@ class ClassificationDataModule(ModelTokenizer, LoaderPerSplit, DataReport, pl.Li
         normalize_whitespace: bool = True,
         duplicates: Literal["keep", "drop", "majority"] = "keep",
         split_ratios: tuple[NonNegativeFloat, NonNegativeFloat, NonNegativeFloat] = (0.8, 0.1, 0.1),
+        train_subsample: Optional[PositiveInt] = None,
         seed: NonNegativeInt = 42,
         max_length: PositiveInt = 128,
         batch_size: PositiveInt = 32,
@@ -207,6 +210,7 @@ class ClassificationDataModule(ModelTokenizer, LoaderPerSplit, DataReport, pl.Li
             indexed[name] = ([kept[i] for i in keep], [labels[i] for i in keep])
 
         self._assign_splits(indexed)
+        self._subsample_train()
         self._check_leakage()
         for name in SPLITS:
             self.labels.setdefault(name, [])
@@ -283,6 +287,19 @@ class ClassificationDataModule(ModelTokenizer, LoaderPerSplit, DataReport, pl.Li
                 self.labels[name] = [labels[i] for i in rows]
         self._explain_empty(records, labels, carve, ["train", *missing], self.hp.train_path)
         log.info("data: carved %s out of %s", " and ".join(missing), self.hp.train_path or self.hp.path)
+
+    def _subsample_train(self) -> None:
+        """Keep ``train_subsample`` stratified rows of the train split (recorded in the data report)."""
+        size = self.hp.get("train_subsample")
+        if size is None:
+            return
+        labels = self.labels.get("train", [])
+        keep = stratified_subsample(labels, size, self.hp.seed)
+        self.report["train_subsample"] = {"rows": len(keep), "of": len(labels), "seed": self.hp.seed}
+        self.splits["train"] = [self.splits["train"][i] for i in keep]
+        self.labels["train"] = [labels[i] for i in keep]
+        log.info("data: training on a stratified subsample of %d of %d train rows (seed %d)", len(keep),
+                 len(labels), self.hp.seed)
 
     def _explain_empty(self, records: list[Record], labels: list[int], ratios, names, source) -> None:
         """A split cut by ratio that came out empty: why (few distinct texts per label), and what helps. The

@@ -43,3 +43,22 @@ def grouped_stratified_split(
             target = 1 if position < n_val else 2 if position < n_val + n_test else 0
             splits[target].extend(groups[g])
     return tuple(sorted(s) for s in splits)  # type: ignore[return-value]
+
+
+def stratified_subsample(labels, size: int, seed: int) -> list[int]:
+    """Sorted indices of ``size`` rows drawn without replacement, class proportions kept (sklearn's stratified
+    ``train_test_split``, seeded).
+
+    Why: a decoder LM on a CPU can afford a few hundred training prompts, not an epoch of thousands; a plain
+    ``limit_train_batches`` takes whatever batches come first, not a sample with the split's label mix.
+    """
+    from sklearn.model_selection import train_test_split
+
+    n, k = len(labels), len(set(labels))
+    if size >= n:
+        raise FinlightError(f"data.train_subsample={size}: the train split has only {n} rows; lower it or leave "
+                            f"it out (null) to train on all of them")
+    if size < k:
+        raise FinlightError(f"data.train_subsample={size}: needs at least one row per label ({k} labels)")
+    kept, _ = train_test_split(np.arange(n), train_size=size, stratify=np.asarray(labels), random_state=seed)
+    return sorted(int(i) for i in kept)
