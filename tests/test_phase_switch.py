@@ -278,3 +278,33 @@ def test_a_bad_setting_in_yaml_is_one_line_from_the_cli(in_tmp, capsys):
     assert exit_.value.code == 2
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert message == "finlight: error: PhaseSwitch: lr_decay=1.5: must be in (0, 1]"
+
+
+@pytest.mark.slow
+def test_sigkill_right_after_a_switch_then_resume_matches_an_uninterrupted_run(in_tmp):
+    """A real crash (SIGKILL, no clean-up) one step after the switch to phase 2; the resume from the last
+    checkpoint (end of epoch 1, phase 1) switches again at the same step and ends with the same weights."""
+    import signal
+
+    from helpers import run_finlight as finlight
+
+    switch = {"lr_decay": 0.8, "phases": [
+        {"step": 0, "train": ["head"]},
+        {"step": 4, "train": ["head", "encoder.layer.1"], "hparams": {"label_smoothing": 0.1}},
+        {"step": 6, "train": "all"}]}
+    config = phase_config(in_tmp, switch, "killed", epochs=3)
+    finlight("fit", "--config", config, "--experiment", "straight", cwd=in_tmp)
+    killed = finlight("fit", "--config", config, "--experiment", "killed", "--trainer.callbacks+=conftest.KillAtBatch",
+                      "--trainer.callbacks.epoch=2", "--trainer.callbacks.batch=1", cwd=in_tmp, check=False)
+    assert killed.returncode == -signal.SIGKILL
+    folder = in_tmp / "checkpoints" / "killed" / "version_0"
+    saved = torch.load(folder / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 6 and saved["callbacks"]["PhaseSwitch"]["phase"] == 1
+    finlight("fit", "--config", config, "--experiment", "killed", "--ckpt_path", "last", cwd=in_tmp)
+    want = torch.load(in_tmp / "checkpoints" / "straight" / "version_0" / "last.ckpt", weights_only=True)
+    got = torch.load(folder / "last.ckpt", weights_only=True)
+    assert got["global_step"] == want["global_step"] == 9
+    assert got["callbacks"]["PhaseSwitch"]["phase"] == want["callbacks"]["PhaseSwitch"]["phase"] == 2
+    assert want["state_dict"].keys() == got["state_dict"].keys()
+    for key, tensor in want["state_dict"].items():
+        assert torch.equal(tensor, got["state_dict"][key]), key
