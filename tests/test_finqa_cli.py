@@ -130,7 +130,7 @@ def test_qlora_config_fits_tests_predicts_and_exports_on_a_tiny_llama(in_tmp, ti
     assert {k.split("/")[1] for k in metrics} == METRIC_NAMES
     rates = metrics["test/unparseable_rate"] + metrics["test/nonexecutable_rate"]
     assert all(0.0 <= v <= 1.0 for k, v in metrics.items()
-               if k != "test/loss" and not k.endswith("_per_s")) and rates <= 1.0
+               if k != "test/loss" and "tokens_per_" not in k) and rates <= 1.0
     lines = (Path(tested.trainer.log_dir) / "test_generations.jsonl").read_text().splitlines()
     assert len(lines) == 4
     merged = export_hf(str(ckpt), str(in_tmp / "merged"), merged=True)
@@ -161,7 +161,8 @@ def test_eval_config_scores_a_layer_dropped_directory(in_tmp, tiny_llama_dir):
     # answer target: the value itself, so no program metrics
     answers = run_cli(["validate", "--config", config, "--data.init_args.target", "answer"])
     names = {k for k in answers.trainer.callback_metrics if k.startswith("val/")}
-    assert names == {"val/exec_acc", "val/unparseable_rate", "val/loss"}
+    assert names == {"val/exec_acc", "val/unparseable_rate", "val/loss", "val/generation_tokens_per_s",
+                     "val/prompt_tokens_per_generate_s"}
 
 
 def test_oracle_context_renames_the_metrics_and_a_stale_monitor_is_refused(in_tmp, tiny_llama_dir):
@@ -178,7 +179,8 @@ def test_oracle_context_renames_the_metrics_and_a_stale_monitor_is_refused(in_tm
     oracle = run_cli(["validate", "--config", config])
     names = {k for k in oracle.trainer.callback_metrics if k.startswith("val/")}
     assert names == {"val/exec_acc_oracle", "val/prog_acc_oracle", "val/prog_acc_symbolic_oracle",
-                     "val/unparseable_rate_oracle", "val/nonexecutable_rate_oracle", "val/loss"}
+                     "val/unparseable_rate_oracle", "val/nonexecutable_rate_oracle", "val/loss",
+                     "val/generation_tokens_per_s", "val/prompt_tokens_per_generate_s"}  # speeds: no score
 
     simplified = in_tmp / "simplified.json"  # the flattened format has no gold_inds
     simplified.write_text(json.dumps([{"id": "S-1", "question": "q?", "pre_text": [], "post_text": [],
@@ -218,4 +220,4 @@ def test_shipped_finqa_subsets_run_through_fit_and_test(in_tmp):
     tested = run_cli(["test", "--config", str(path), "--ckpt_path", "last"])
     metrics = metrics_of(tested)
     assert {k.split("/")[1] for k in metrics} == METRIC_NAMES
-    assert all(0.0 <= v <= 1.0 for k, v in metrics.items() if k != "test/loss" and not k.endswith("_per_s"))
+    assert all(0.0 <= v <= 1.0 for k, v in metrics.items() if k != "test/loss" and "tokens_per_" not in k)
