@@ -70,9 +70,11 @@ class FinlightCLI(LightningCLI):
         # supplies weights and architecture (each module rebuilds its backbone from it in on_load_checkpoint).
 
     def before_instantiate_classes(self) -> None:
-        from finlight.commands import plain, refuse_nulls
+        from finlight.commands import refuse_nulls
+        from finlight.core.checkpoints import plain_numbers
 
-        config = plain(self.config[self.subcommand])  # range-typed numbers → plain (weights_only checkpoints)
+        # range-typed numbers → plain (weights_only checkpoints)
+        self.config[self.subcommand] = config = plain_numbers(self.config[self.subcommand])
         for key in ("model", "data"):
             refuse_nulls(config.get(key), key)
         for callback in config.trainer.get("callbacks") or []:
