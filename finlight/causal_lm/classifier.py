@@ -86,6 +86,7 @@ def load_causal_pretrained(name_or_path: str, dtype: str = "float32", trust_remo
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from finlight.core.pretrained import resolve_backbone
+    from finlight.core.removals import removal_aware_load
 
     name_or_path = resolve_backbone(name_or_path)
     try:
@@ -93,8 +94,9 @@ def load_causal_pretrained(name_or_path: str, dtype: str = "float32", trust_remo
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise _unreachable(name_or_path, err) from None
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=getattr(torch, dtype),
-                                                 trust_remote_code=trust_remote_code, **load_kwargs)
+    with removal_aware_load(name_or_path):
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=getattr(torch, dtype),
+                                                     trust_remote_code=trust_remote_code, **load_kwargs)
     set_pad_token(model, tokenizer)
     return model, tokenizer
 

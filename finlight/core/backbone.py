@@ -17,8 +17,8 @@ import torch
 from jsonargparse.typing import ClosedUnitInterval, PositiveInt
 from torch import nn
 
-import finlight.prune.surgery  # noqa: F401  (its import builds decoders with their recorded attention / MLP removals)
 from finlight.core.pretrained import resolve_backbone
+from finlight.core.removals import removal_aware_load
 from finlight.errors import FinlightError
 
 log = logging.getLogger("finlight.models")
@@ -80,14 +80,16 @@ def load_pretrained(name_or_path: str, label_names: Sequence[str], trust_remote_
     own = _pretrained_label_order(config, label_names)
     kwargs = dict(dtype=torch.float32, trust_remote_code=trust_remote_code, **load_kwargs)
     if own is not None:
-        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, config=config, **kwargs)
+        with removal_aware_load(name_or_path):
+            model = AutoModelForSequenceClassification.from_pretrained(name_or_path, config=config, **kwargs)
         _permute_head(model, [own.index(n.casefold()) for n in label_names])
         model.config.update(_label_config(label_names))
         log.info("%s: reusing its classification head, rows reordered to %s", name_or_path, list(label_names))
     else:
         config.update(_label_config(label_names))
-        model = AutoModelForSequenceClassification.from_pretrained(
-            name_or_path, config=config, ignore_mismatched_sizes=True, **kwargs)
+        with removal_aware_load(name_or_path):
+            model = AutoModelForSequenceClassification.from_pretrained(
+                name_or_path, config=config, ignore_mismatched_sizes=True, **kwargs)
     _check_head(model, label_names, name_or_path)
     set_pad_token(model, tokenizer)
     return model, tokenizer
@@ -162,7 +164,8 @@ def rebuild_backbone(state: dict, trust_remote_code: bool = False, causal_lm: bo
                 handle.write(text)
         tokenizer = AutoTokenizer.from_pretrained(tmp)
     auto_class = AutoModelForCausalLM if causal_lm else AutoModelForSequenceClassification
-    model = auto_class.from_config(config, trust_remote_code=trust_remote_code)
+    with removal_aware_load("the checkpoint's backbone"):
+        model = auto_class.from_config(config, trust_remote_code=trust_remote_code)
     return model.float(), tokenizer
 
 
