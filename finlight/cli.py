@@ -82,13 +82,13 @@ class FinlightCLI(LightningCLI):
         logger = config.trainer.logger
         if _is_tensorboard(logger) and logger.init_args.get("name") in (None, "default", "lightning_logs"):
             logger.init_args.name = _experiment(config)
+        if self._resume_version is not None and _takes_version(logger) and logger.init_args.get("version") is None:
+            logger.init_args.version = self._resume_version  # the logger's own argument: no version_N+1
 
     def before_fit(self) -> None:
         for callback in self.trainer.callbacks:
             if isinstance(callback, HParamsSummary):
                 callback.set_config(self.config[self.subcommand].clone().as_dict())
-        if self._resume_version is not None and getattr(self.trainer.logger, "_version", 0) is None:
-            self.trainer.logger._version = self._resume_version
 
     def _weights_from_checkpoint(self) -> None:
         """Evaluating a checkpoint: a model that can rebuild itself from it skips building the configured
@@ -118,6 +118,12 @@ class FinlightCLI(LightningCLI):
 
 def _is_tensorboard(logger) -> bool:
     return logger is not None and not isinstance(logger, bool) and str(logger.class_path).endswith("TensorBoardLogger")
+
+
+def _takes_version(logger) -> bool:
+    """A configured logger class with a ``version`` argument (TensorBoardLogger, CSVLogger)."""
+    init_args = getattr(logger, "init_args", None) if logger is not None and not isinstance(logger, bool) else None
+    return init_args is not None and "version" in init_args
 
 
 def _experiment(config) -> str:
