@@ -1,8 +1,9 @@
 """Backbones: a hub id, a local directory, a named offline model (`finlight.core.pretrained`: ``minilm-l6``, …),
 a from-scratch BERT-style config, or a finlight checkpoint.
 
-Every backbone is a Hugging Face ``AutoModelForSequenceClassification`` plus its tokenizer, so a trained
-model exports as a plain Hugging Face directory usable without finlight.
+Every backbone is a Hugging Face ``AutoModelForSequenceClassification`` (or, for the decoder modules,
+``AutoModelForCausalLM``) plus its tokenizer, so a trained model exports as a plain Hugging Face directory usable
+without finlight. Loads go through `finlight.core.removals.removal_aware_load` (sub-layer-pruned decoders).
 """
 
 from __future__ import annotations
