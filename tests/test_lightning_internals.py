@@ -85,3 +85,15 @@ def test_hparams_session_goes_to_its_own_event_file_in_the_run_folder(tmp_path):
     events = EventAccumulator(str(tmp_path / "run" / "version_0")).Reload()
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(events.PluginTagToContent("hparams"))
     assert [e.value for e in events.Scalars("val/macro_f1")] == [0.5]  # no made-up metric values beside
+
+
+def test_lightning_cli_still_calls_parse_ckpt_path_after_parsing_and_before_instantiating():
+    """finlight.cli.FinlightCLI overrides it so a checkpoint's hparams never override the config."""
+    from lightning.pytorch.cli import LightningCLI
+
+    assert list(inspect.signature(LightningCLI._parse_ckpt_path).parameters) == ["self"]
+    source = inspect.getsource(LightningCLI.__init__)
+    calls = [source.find(name) for name in ("self.parse_arguments(", "self._parse_ckpt_path()",
+                                            "self.before_instantiate_classes()")]
+    assert -1 not in calls and calls == sorted(calls), \
+        "LightningCLI.__init__ no longer calls _parse_ckpt_path between parsing and instantiation: update finlight.cli"
