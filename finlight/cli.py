@@ -45,6 +45,9 @@ class FinlightCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_lightning_class_args(HParamsSummary, "hparams")
 
+    # LightningCLI internal, overridden on purpose: in __init__ it runs right after parsing and would apply the
+    # checkpoint's hyper-parameters over the config; no public hook replaces it (tests/test_lightning_internals.py
+    # fails loudly if Lightning renames it or moves the call)
     def _parse_ckpt_path(self) -> None:
         """Before Lightning reads ``--ckpt_path``: ``best|last`` in a new process mean the newest fit of this
         experiment, and any checkpoint is opened safely (weights only) and checked, one line if it is bad."""
@@ -70,9 +73,11 @@ class FinlightCLI(LightningCLI):
         # supplies weights and architecture (each module rebuilds its backbone from it in on_load_checkpoint).
 
     def before_instantiate_classes(self) -> None:
-        from finlight.commands import plain, refuse_nulls
+        from finlight.commands import refuse_nulls
+        from finlight.core.checkpoints import plain_numbers
 
-        config = plain(self.config[self.subcommand])  # range-typed numbers → plain (weights_only checkpoints)
+        # range-typed numbers → plain (weights_only checkpoints)
+        self.config[self.subcommand] = config = plain_numbers(self.config[self.subcommand])
         for key in ("model", "data"):
             refuse_nulls(config.get(key), key)
         for callback in config.trainer.get("callbacks") or []:
@@ -80,13 +85,13 @@ class FinlightCLI(LightningCLI):
         logger = config.trainer.logger
         if _is_tensorboard(logger) and logger.init_args.get("name") in (None, "default", "lightning_logs"):
             logger.init_args.name = _experiment(config)
+        if self._resume_version is not None and _takes_version(logger) and logger.init_args.get("version") is None:
+            logger.init_args.version = self._resume_version  # the logger's own argument: no version_N+1
 
     def before_fit(self) -> None:
         for callback in self.trainer.callbacks:
             if isinstance(callback, HParamsSummary):
                 callback.set_config(self.config[self.subcommand].clone().as_dict())
-        if self._resume_version is not None and getattr(self.trainer.logger, "_version", 0) is None:
-            self.trainer.logger._version = self._resume_version
 
     def _weights_from_checkpoint(self) -> None:
         """Evaluating a checkpoint: a model that can rebuild itself from it skips building the configured
@@ -103,7 +108,7 @@ class FinlightCLI(LightningCLI):
 
         from finlight.core.precision import AUTO, PrecisionRecord, resolve_precision
 
-        config = self._get(self.config_init, "trainer", default={})
+        config = (self.config_init[self.subcommand] if self.subcommand else self.config_init).get("trainer", {})
         choice = resolve_precision(kwargs.get("precision", config.get("precision")), config.get("accelerator"))
         if choice.requested == AUTO:
             kwargs["precision"] = choice.precision
@@ -116,6 +121,12 @@ class FinlightCLI(LightningCLI):
 
 def _is_tensorboard(logger) -> bool:
     return logger is not None and not isinstance(logger, bool) and str(logger.class_path).endswith("TensorBoardLogger")
+
+
+def _takes_version(logger) -> bool:
+    """A configured logger class with a ``version`` argument (TensorBoardLogger, CSVLogger)."""
+    init_args = getattr(logger, "init_args", None) if logger is not None and not isinstance(logger, bool) else None
+    return init_args is not None and "version" in init_args
 
 
 def _experiment(config) -> str:

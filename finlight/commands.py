@@ -79,31 +79,6 @@ def error_line(err: Exception) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def plain(value: Any) -> Any:
-    """jsonargparse's range types (``PositiveInt`` …) are int / float subclasses: a checkpoint holding one no
-    longer loads with ``weights_only=True``, so parsed settings become plain numbers (namespaces, lists and
-    dicts in place)."""
-    from jsonargparse import Namespace
-
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, int) and type(value) is not int:
-        return int(value)
-    if isinstance(value, float) and type(value) is not float:
-        return float(value)
-    if isinstance(value, Namespace):
-        for key, item in vars(value).items():
-            setattr(value, key, plain(item))
-    elif isinstance(value, list):
-        value[:] = [plain(item) for item in value]
-    elif isinstance(value, tuple):
-        return tuple(plain(item) for item in value)
-    elif isinstance(value, dict):
-        for key in list(value):
-            value[key] = plain(value[key])
-    return value
-
-
 def check_config_files(argv: Sequence[str], option: str = "--config") -> None:
     """Each ``option FILE`` in ``argv`` is a YAML mapping: a syntax error is ``FILE:LINE: …``, not jsonargparse's
     "Problems parsing config" without the file."""
@@ -218,6 +193,8 @@ def run_command(function: Callable, argv: Sequence[str], name: str, *, positiona
     """Parse ``argv`` against ``function``'s signature and call it; a parse error is one `FinlightError` line."""
     from jsonargparse import ArgumentError
 
+    from finlight.core.checkpoints import plain_numbers
+
     parser = command_parser(function, name, positional=positional, config_option=config_option)
     check_config_files(argv, config_option)
     lists = {f"--{p}" for p in inspect.signature(function).parameters
@@ -228,7 +205,7 @@ def run_command(function: Callable, argv: Sequence[str], name: str, *, positiona
     except ArgumentError as err:
         line = _as_option(error_line(err), positional)
         raise FinlightError(f"{name}: {line} (see `python -m finlight {name} --help`)") from None
-    kwargs = {key: plain(value) for key, value in vars(config).items() if key != config_option.lstrip("-")}
+    kwargs = {key: plain_numbers(value) for key, value in vars(config).items() if key != config_option.lstrip("-")}
     if passthrough:
         kwargs["overrides"] = overrides
     return function(**kwargs)

@@ -288,9 +288,12 @@ def load_4bit(path, place, compute_dtype):
     """``from_pretrained`` in bitsandbytes 4-bit onto ``place``; asserts that every saved key fitted."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    quantized, info = AutoModelForCausalLM.from_pretrained(
-        path, quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute_dtype),
-        device_map={"": place}, output_loading_info=True)
+    from finlight.core.removals import removal_aware_load
+
+    with removal_aware_load():
+        quantized, info = AutoModelForCausalLM.from_pretrained(
+            path, quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute_dtype),
+            device_map={"": place}, output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
     return quantized
 

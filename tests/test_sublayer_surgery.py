@@ -14,6 +14,7 @@ from torch import nn
 
 from finlight.prune.layer_drop import SuccessiveLayerDrop
 from finlight.cli import run_cli
+from finlight.core.removals import removal_aware_load
 from finlight.errors import FinlightError
 from finlight.prune.surgery import (RemovedAttention, RemovedMLP, bypass, count_sublayers, drop_layers, drop_unit,
                               layer_list, parameter_count, removed_parts, units)
@@ -71,7 +72,8 @@ def reload(model, tmp_path, auto=None):
     from transformers import AutoModelForCausalLM
 
     model.save_pretrained(tmp_path)
-    loaded, info = (auto or AutoModelForCausalLM).from_pretrained(tmp_path, output_loading_info=True)
+    with removal_aware_load():
+        loaded, info = (auto or AutoModelForCausalLM).from_pretrained(tmp_path, output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
     assert list(loaded.state_dict()) == list(model.state_dict())
     return loaded.eval()
@@ -107,8 +109,8 @@ def test_removal_equals_bypass_and_frees_exactly_its_weights(build, part, own_no
 
 
 @pytest.mark.parametrize("build", [llama, phi])
-def test_save_load_round_trip_is_exact_and_needs_the_loader_hook(build, tmp_path, monkeypatch):
-    from transformers import AutoModelForCausalLM, PreTrainedModel
+def test_save_load_round_trip_is_exact_and_needs_the_loader_hook(build, tmp_path):
+    from transformers import AutoModelForCausalLM
 
     model = build()
     drop_unit(model, ("attention", 0))
@@ -119,8 +121,8 @@ def test_save_load_round_trip_is_exact_and_needs_the_loader_hook(build, tmp_path
     assert parameter_count(loaded) == parameter_count(model)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["removed_sublayers"] == [["attention"], [], ["mlp"]]
-    # without the post_init wrap, transformers builds full layers and initialises the removed parts at random
-    monkeypatch.setattr(PreTrainedModel, "post_init", PreTrainedModel.post_init.__wrapped__)
+    # without the post_init wrap (outside removal_aware_load), transformers builds full layers and initialises
+    # the removed parts at random
     _, info = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
     assert any(".self_attn." in k for k in info["missing_keys"])
 
@@ -286,14 +288,15 @@ def test_sublayer_schedule_through_the_cli(in_tmp, one_thread):
     for key in ("test/acc", "test/macro_f1"):
         assert float(tested.trainer.callback_metrics[key]) == pytest.approx(in_memory[key], abs=1e-6), key
 
-    # export in a fresh process (only finlight's own imports install the loader hook there), then reload
+    # export in a fresh process (finlight's loaders wrap their own loads there), then reload
     from transformers import AutoModelForCausalLM
 
     last = in_tmp / "checkpoints" / "trimllm_tiny" / "version_0" / "last.ckpt"
     done = subprocess.run([sys.executable, "-m", "finlight", "export", "--ckpt_path", str(last), "--output_dir",
                            str(in_tmp / "export")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    exported, info = AutoModelForCausalLM.from_pretrained(in_tmp / "export", output_loading_info=True)
+    with removal_aware_load():
+        exported, info = AutoModelForCausalLM.from_pretrained(in_tmp / "export", output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
     assert list(exported.state_dict()) == list(model.state_dict())
     torch.testing.assert_close(logits(exported.eval()), logits(model.eval()), rtol=0, atol=0)

@@ -14,105 +14,24 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
 from typing import Literal, Optional
 
 import torch
-from jsonargparse.typing import NonNegativeFloat, PositiveFloat, PositiveInt
+from jsonargparse.typing import PositiveInt
 from torchmetrics import MaxMetric
 
 from finlight.errors import FinlightError
 from finlight.core.losses import answer_only_lm_loss
 from finlight.core.metrics import classification_metrics
-from finlight.core.adapters import (CAUSAL_HEADS, LoraOptions, QuantizationOptions, apply_adapters, as_options,
-                                      check_adapter_state, keep_in_place, options_dict, portable_4bit, quantized_load_kwargs,
-                                      trainable_state_dict, validate_options)
-from finlight.core.backbone import _unreachable, backbone_state, rebuild_backbone, set_pad_token
-from finlight.core.base import ClassificationModule
-from finlight.core.optim import Schedule
+from finlight.core.backbone import (CausalScratchConfig, build_causal_from_scratch,  # noqa: F401  (re-exported)
+                                    load_causal_pretrained)
+from finlight.core.base import CHECKPOINT_KEY, CausalLMModule, ClassificationModule, DType  # noqa: F401
 from finlight.core.run_dir import run_dir
 from finlight.causal_lm.scoring import (cached_label_log_probs, check_label_tokens, class_log_probs,
                                        first_token_log_probs, label_continuations, parse_answer, sequence_log_prob)
 
 log = logging.getLogger("finlight.models")
-CHECKPOINT_KEY = "finlight"
 TASK = "causal-lm"
-DType = Literal["float32", "bfloat16", "float16"]
-
-
-@dataclass
-class CausalScratchConfig:
-    """A Llama-shaped decoder from random init, with a deterministic WordPiece vocabulary learnt from the
-    training split (plus the label words, so each answer is one token)."""
-
-    hidden_size: PositiveInt = 64
-    num_layers: PositiveInt = 2
-    num_heads: PositiveInt = 4
-    num_kv_heads: PositiveInt = 2
-    intermediate_size: PositiveInt = 128
-    vocab_size: PositiveInt = 4000
-    max_position_embeddings: PositiveInt = 512
-
-
-def build_causal_from_scratch(cfg: CausalScratchConfig, train_texts: list[str], label_words: list[str]):
-    """Random-init LlamaForCausalLM and a WordPiece tokenizer (``[CLS]`` = BOS, ``[SEP]`` = EOS)."""
-    from tokenizers import Tokenizer, decoders, models, processors
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from finlight.core.data.tokenization import SPECIAL_TOKENS, _bert_pipeline, wordpiece_vocabulary
-
-    if not train_texts:
-        raise FinlightError("model.scratch needs training texts to learn a tokenizer: the train split is empty")
-    if cfg.hidden_size % cfg.num_heads or cfg.num_heads % cfg.num_kv_heads:
-        raise FinlightError(f"model.scratch: hidden_size={cfg.hidden_size}, num_heads={cfg.num_heads}, "
-                            f"num_kv_heads={cfg.num_kv_heads} must divide one another")
-    vocab = wordpiece_vocabulary(list(train_texts) + [w for w in label_words for _ in range(50)], cfg.vocab_size)
-    ids = {token: i for i, token in enumerate(vocab)}
-    core = Tokenizer(models.WordPiece(ids, unk_token=SPECIAL_TOKENS["unk_token"]))
-    core.normalizer, core.pre_tokenizer = _bert_pipeline()
-    core.post_processor = processors.TemplateProcessing(single="[CLS] $A", special_tokens=[("[CLS]", ids["[CLS]"])])
-    core.decoder = decoders.WordPiece()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, model_max_length=cfg.max_position_embeddings,
-                                        bos_token="[CLS]", eos_token="[SEP]", pad_token="[PAD]",
-                                        unk_token="[UNK]", mask_token="[MASK]")
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
-                         num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
-                         intermediate_size=cfg.intermediate_size, max_position_embeddings=cfg.max_position_embeddings,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
-    return LlamaForCausalLM(config), tokenizer
-
-
-def load_causal_pretrained(name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False,
-                           **load_kwargs):
-    """A hub id, local directory or named offline model as ``AutoModelForCausalLM`` + tokenizer (pad token set)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from finlight.core.pretrained import resolve_backbone
-
-    name_or_path = resolve_backbone(name_or_path)
-    try:
-        AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise _unreachable(name_or_path, err) from None
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=getattr(torch, dtype),
-                                                 trust_remote_code=trust_remote_code, **load_kwargs)
-    set_pad_token(model, tokenizer)
-    return model, tokenizer
-
-
-def load_causal_base(name: str, lora: Optional[LoraOptions], quantization: Optional[QuantizationOptions],
-                     gradient_checkpointing: bool, dtype: str, trust_remote_code: bool, device: torch.device):
-    """A pretrained causal LM made trainable the QLoRA way (quantized at load on ``device``, then adapters);
-    shared by every module that fine-tunes a decoder."""
-    kwargs = quantized_load_kwargs(quantization, device, CAUSAL_HEADS) if quantization is not None else {}
-    model, tokenizer = load_causal_pretrained(name, dtype, trust_remote_code, **kwargs)
-    portable_4bit(model)
-    model = apply_adapters(model, lora, quantization, gradient_checkpointing, "CAUSAL_LM")
-    if quantization is not None:
-        keep_in_place(model)
-    return model, tokenizer
 
 
 @torch.no_grad()
@@ -146,90 +65,48 @@ def generated_lengths(new_tokens: torch.Tensor, eos_token_id) -> int:
     return int(first.sum())
 
 
-def causal_backbone_options(backbone, scratch, lora, quantization):
-    """Checked ``(scratch, lora, quantization)`` options of a decoder module: exactly one backbone source, and
-    adapters / quantization only over pretrained weights."""
-    if (backbone is None) == (scratch is None):
-        raise FinlightError("model: set exactly one of model.backbone (hub id or directory) or model.scratch")
-    lora, quantization = as_options(lora, LoraOptions), as_options(quantization, QuantizationOptions)
-    scratch = as_options(scratch, CausalScratchConfig)
-    validate_options(lora, quantization)
-    if scratch is not None and (lora is not None or quantization is not None):
-        raise FinlightError("model.lora / model.quantization need pretrained weights (model.backbone); a "
-                            "model.scratch decoder trains all its weights")
-    return scratch, lora, quantization
-
-
 def _accepts(model, argument: str) -> bool:
     """Whether the (peft-wrapped or plain) causal LM's forward takes ``argument``."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return argument in inspect.signature(base.forward).parameters
 
 
-class CausalLMClassifier(ClassificationModule):
+class CausalLMClassifier(CausalLMModule, ClassificationModule):
     """Instruction-tuned classification with a causal LM (e.g. Llama-3.2-3B-Instruct + QLoRA).
 
     Needs `finlight.causal_lm.InstructionDataModule` (prompt rendering, label words). Checkpoints of LoRA /
     quantized runs hold only the trainable weights; the base is reloaded from ``backbone``.
 
     Args:
-        backbone: hub id or local directory of a causal LM.
-        scratch: instead, a small Llama-shaped decoder from random init (tokenizer learnt from the train split).
-        lora / quantization / gradient_checkpointing: see `finlight.core.adapters`.
-        dtype: dtype of the non-quantized weights at load time (``float32`` on CPU).
         evaluation: ``constrained`` (label-word probabilities; all metrics) or ``generate`` (greedy decoding +
             parsing; adds ``<stage>/unparseable_rate``; unparseable answers count as errors).
         max_new_tokens: generation budget for ``generate`` and ``predict``.
-        learning_rate / weight_decay / scheduler / warmup_ratio: AdamW and its schedule (reference: 1e-4,
-            cosine, 0.03).
         label_names: only when used without a finlight data module.
-        trust_remote_code: run the backbone repository's own code.
+        **kwargs: the backbone and optimisation arguments of `finlight.core.base.CausalLMModule` (``backbone`` or
+            ``scratch``, ``lora``, ``quantization``, ``gradient_checkpointing``, ``dtype``, ``learning_rate``,
+            ``weight_decay``, ``scheduler``, ``warmup_ratio``, ``trust_remote_code``).
     """
+
+    TASK = TASK
+    NOT_HPARAMS = ("evaluation", "max_new_tokens")
 
     def __init__(
         self,
-        backbone: Optional[str] = None,
-        scratch: Optional[CausalScratchConfig] = None,
-        lora: Optional[LoraOptions] = None,
-        quantization: Optional[QuantizationOptions] = None,
-        gradient_checkpointing: bool = False,
-        dtype: DType = "float32",
         evaluation: Literal["constrained", "generate"] = "constrained",
         max_new_tokens: PositiveInt = 4,
-        learning_rate: PositiveFloat = 1e-4,
-        weight_decay: NonNegativeFloat = 0.0,
-        scheduler: Schedule = "cosine",
-        warmup_ratio: float = 0.03,
         label_names: Optional[list[str]] = None,
-        trust_remote_code: bool = False,
+        **kwargs,
     ):
-        super().__init__()
-        scratch, lora, quantization = causal_backbone_options(backbone, scratch, lora, quantization)
         if evaluation not in ("constrained", "generate"):
             raise FinlightError(f"model.evaluation={evaluation!r}: use constrained or generate")
-        if not 0.0 <= warmup_ratio < 1.0:
-            raise FinlightError(f"model.warmup_ratio={warmup_ratio}: must be in [0, 1)")
-        # how to evaluate is not a property of the trained model: kept out of the checkpoint's hparams, which
-        # LightningCLI would otherwise apply over the command line when a --ckpt_path is given
+        super().__init__(**kwargs)
         self.evaluation, self.max_new_tokens = evaluation, max_new_tokens
-        self.save_hyperparameters(logger=False, ignore=["evaluation", "max_new_tokens"])
-        for key, value in (("lora", lora), ("quantization", quantization), ("scratch", scratch)):
-            self.hparams[key] = options_dict(value)  # plain data: checkpoints load with weights_only=True
-        self.lora, self.quantization, self.scratch = lora, quantization, scratch
-        self.model = None
-        self.tokenizer = None
-        self.label_names: Optional[list[str]] = list(label_names) if label_names else None
+        self.label_names = list(label_names) if label_names else None
         self.label_words: Optional[list[str]] = None
         self.label_token_ids: Optional[list[list[int]]] = None
-        self.confusion: dict[str, torch.Tensor] = {}
         self._scoring_speed = {"tokens": 0, "seconds": 0.0}  # constrained scoring's forward passes, per epoch
         self._generation_speed: dict = {}  # generate-and-parse: prompt / new tokens and seconds, per epoch
         self._answers: list[dict] = []  # generate-and-parse: every answer verbatim, per epoch
-
-    @property
-    def adapter_only(self) -> bool:
-        """LoRA / quantized runs checkpoint only their trainable weights."""
-        return self.lora is not None or self.quantization is not None
 
     # ------------------------------------------------------------------ building
     def setup(self, stage: str) -> None:
@@ -237,24 +114,19 @@ class CausalLMClassifier(ClassificationModule):
             return
         datamodule = self._datamodule()
         label_names = self.label_names or datamodule.label_names
-        if self.scratch is not None:
-            model, tokenizer = build_causal_from_scratch(self.scratch, datamodule.train_texts, datamodule.label_words)
-        else:
-            model, tokenizer = self._load_base(self.hparams.backbone)
+        model, tokenizer = self._build_backbone(label_names, datamodule)
         datamodule.tokenizer = tokenizer
         self._install(model, tokenizer, label_names, datamodule.label_words, datamodule.renderer.label_token_ids())
 
     def _datamodule(self):
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = self._attached_datamodule()
         if datamodule is None or not hasattr(type(datamodule), "renderer"):
             raise FinlightError("CausalLMClassifier needs data.class_path: "
                                 "finlight.causal_lm.InstructionDataModule (it renders prompts and answers)")
         return datamodule
 
-    def _load_base(self, name: str):
-        device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
-        return load_causal_base(name, self.lora, self.quantization, self.hparams.gradient_checkpointing,
-                                self.hparams.dtype, self.hparams.trust_remote_code, device)
+    def _build_scratch(self, datamodule, label_names):
+        return build_causal_from_scratch(self.scratch, datamodule.train_texts, datamodule.label_words)
 
     def _install(self, model, tokenizer, label_names, label_words, label_token_ids) -> None:
         model.train()  # from_pretrained returns eval mode; Lightning keeps each module's mode as it finds it
@@ -437,37 +309,10 @@ class CausalLMClassifier(ClassificationModule):
         return values
 
     # ------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint[CHECKPOINT_KEY] = {
-            "task": TASK, "label_names": self.label_names, "label_words": self.label_words,
-            "label_token_ids": self.label_token_ids, "backbone": backbone_state(self.model, self.tokenizer),
-            "adapter_only": self.adapter_only, "base": self.hparams.backbone,
-            "lora": options_dict(self.lora), "quantization": options_dict(self.quantization),
-        }
-        if self.adapter_only:
-            checkpoint["state_dict"] = trainable_state_dict(self, checkpoint["state_dict"])
+    def _checkpoint_entry(self) -> dict:
+        return {**super()._checkpoint_entry(), "label_words": self.label_words,
+                "label_token_ids": self.label_token_ids}
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        info = checkpoint.get(CHECKPOINT_KEY)
-        if info is None or info.get("task") != TASK:
-            raise FinlightError("the checkpoint was not written by a finlight CausalLMClassifier")
-        if self.label_names is not None and list(info["label_names"]) != list(self.label_names):
-            raise FinlightError(f"the checkpoint was trained on labels {info['label_names']}, but the data has "
-                                f"{self.label_names}; set data.label_names to the checkpoint's order")
-        if info["adapter_only"]:
-            if info["base"] != self.hparams.backbone:
-                raise FinlightError(f"the checkpoint's adapters were trained on {info['base']!r}, but "
-                                    f"model.backbone is {self.hparams.backbone!r}")
-            if self.model is None:
-                model, tokenizer = self._load_base(info["base"])
-            else:
-                model, tokenizer = self.model, self.tokenizer
-            self._install(model, tokenizer, info["label_names"], info["label_words"], info["label_token_ids"])
-            check_adapter_state(self, checkpoint["state_dict"])
-            self.strict_loading = False  # the frozen base is not in the checkpoint (checked exactly above)
-        else:
-            model, tokenizer = rebuild_backbone(info["backbone"], self.hparams.trust_remote_code, causal_lm=True)
-            self._install(model, tokenizer, info["label_names"], info["label_words"], info["label_token_ids"])
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if datamodule is not None:
-            datamodule.tokenizer = self.tokenizer
+    def _adopt(self, info: dict, model, tokenizer) -> None:
+        self._install(model, tokenizer, info["label_names"], info["label_words"], info["label_token_ids"])
+        self._adopt_tokenizer()

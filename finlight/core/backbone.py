@@ -1,8 +1,9 @@
 """Backbones: a hub id, a local directory, a named offline model (`finlight.core.pretrained`: ``minilm-l6``, …),
 a from-scratch BERT-style config, or a finlight checkpoint.
 
-Every backbone is a Hugging Face ``AutoModelForSequenceClassification`` plus its tokenizer, so a trained
-model exports as a plain Hugging Face directory usable without finlight.
+Every backbone is a Hugging Face ``AutoModelForSequenceClassification`` (or, for the decoder modules,
+``AutoModelForCausalLM``) plus its tokenizer, so a trained model exports as a plain Hugging Face directory usable
+without finlight. Loads go through `finlight.core.removals.removal_aware_load` (sub-layer-pruned decoders).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import torch
 from jsonargparse.typing import ClosedUnitInterval, PositiveInt
 from torch import nn
 
-import finlight.prune.surgery  # noqa: F401  (its import builds decoders with their recorded attention / MLP removals)
 from finlight.core.pretrained import resolve_backbone
+from finlight.core.removals import removal_aware_load
 from finlight.errors import FinlightError
 
 log = logging.getLogger("finlight.models")
@@ -80,15 +81,78 @@ def load_pretrained(name_or_path: str, label_names: Sequence[str], trust_remote_
     own = _pretrained_label_order(config, label_names)
     kwargs = dict(dtype=torch.float32, trust_remote_code=trust_remote_code, **load_kwargs)
     if own is not None:
-        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, config=config, **kwargs)
+        with removal_aware_load(name_or_path):
+            model = AutoModelForSequenceClassification.from_pretrained(name_or_path, config=config, **kwargs)
         _permute_head(model, [own.index(n.casefold()) for n in label_names])
         model.config.update(_label_config(label_names))
         log.info("%s: reusing its classification head, rows reordered to %s", name_or_path, list(label_names))
     else:
         config.update(_label_config(label_names))
-        model = AutoModelForSequenceClassification.from_pretrained(
-            name_or_path, config=config, ignore_mismatched_sizes=True, **kwargs)
+        with removal_aware_load(name_or_path):
+            model = AutoModelForSequenceClassification.from_pretrained(
+                name_or_path, config=config, ignore_mismatched_sizes=True, **kwargs)
     _check_head(model, label_names, name_or_path)
+    set_pad_token(model, tokenizer)
+    return model, tokenizer
+
+
+@dataclass
+class CausalScratchConfig:
+    """A Llama-shaped decoder from random init, with a deterministic WordPiece vocabulary learnt from the
+    training split (plus the label words, so each answer is one token)."""
+
+    hidden_size: PositiveInt = 64
+    num_layers: PositiveInt = 2
+    num_heads: PositiveInt = 4
+    num_kv_heads: PositiveInt = 2
+    intermediate_size: PositiveInt = 128
+    vocab_size: PositiveInt = 4000
+    max_position_embeddings: PositiveInt = 512
+
+
+def build_causal_from_scratch(cfg: CausalScratchConfig, train_texts: list[str], label_words: list[str]):
+    """Random-init LlamaForCausalLM and a WordPiece tokenizer (``[CLS]`` = BOS, ``[SEP]`` = EOS)."""
+    from tokenizers import Tokenizer, decoders, models, processors
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from finlight.core.data.tokenization import SPECIAL_TOKENS, _bert_pipeline, wordpiece_vocabulary
+
+    if not train_texts:
+        raise FinlightError("model.scratch needs training texts to learn a tokenizer: the train split is empty")
+    if cfg.hidden_size % cfg.num_heads or cfg.num_heads % cfg.num_kv_heads:
+        raise FinlightError(f"model.scratch: hidden_size={cfg.hidden_size}, num_heads={cfg.num_heads}, "
+                            f"num_kv_heads={cfg.num_kv_heads} must divide one another")
+    vocab = wordpiece_vocabulary(list(train_texts) + [w for w in label_words for _ in range(50)], cfg.vocab_size)
+    ids = {token: i for i, token in enumerate(vocab)}
+    core = Tokenizer(models.WordPiece(ids, unk_token=SPECIAL_TOKENS["unk_token"]))
+    core.normalizer, core.pre_tokenizer = _bert_pipeline()
+    core.post_processor = processors.TemplateProcessing(single="[CLS] $A", special_tokens=[("[CLS]", ids["[CLS]"])])
+    core.decoder = decoders.WordPiece()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, model_max_length=cfg.max_position_embeddings,
+                                        bos_token="[CLS]", eos_token="[SEP]", pad_token="[PAD]",
+                                        unk_token="[UNK]", mask_token="[MASK]")
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+                         num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+                         intermediate_size=cfg.intermediate_size, max_position_embeddings=cfg.max_position_embeddings,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
+    return LlamaForCausalLM(config), tokenizer
+
+
+def load_causal_pretrained(name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False,
+                           **load_kwargs):
+    """A hub id, local directory or named offline model as ``AutoModelForCausalLM`` + tokenizer (pad token set)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    name_or_path = resolve_backbone(name_or_path)
+    try:
+        AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise _unreachable(name_or_path, err) from None
+    with removal_aware_load(name_or_path):
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=getattr(torch, dtype),
+                                                     trust_remote_code=trust_remote_code, **load_kwargs)
     set_pad_token(model, tokenizer)
     return model, tokenizer
 
@@ -162,7 +226,8 @@ def rebuild_backbone(state: dict, trust_remote_code: bool = False, causal_lm: bo
                 handle.write(text)
         tokenizer = AutoTokenizer.from_pretrained(tmp)
     auto_class = AutoModelForCausalLM if causal_lm else AutoModelForSequenceClassification
-    model = auto_class.from_config(config, trust_remote_code=trust_remote_code)
+    with removal_aware_load("the checkpoint's backbone"):
+        model = auto_class.from_config(config, trust_remote_code=trust_remote_code)
     if not causal_lm:
         from finlight.core.heads import apply_recorded_head
 

@@ -95,13 +95,21 @@ def resolve_checkpoint_alias(alias: str, root: str, experiment: str) -> str:
 
 def plain_numbers(value):
     """A copy with int / float subclasses (jsonargparse's ``PositiveInt`` … from the config) as plain numbers:
-    a checkpoint holding one no longer loads with ``weights_only=True``. Tensors are kept, not copied."""
+    a checkpoint holding one no longer loads with ``weights_only=True``. Tensors are kept, not copied; parsed
+    settings (jsonargparse namespaces, for the CLI and the extra commands) are copied the same way."""
+    from jsonargparse import Namespace
+
     if isinstance(value, torch.Tensor) or isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int) and type(value) is not int:
         return int(value)
     if isinstance(value, float) and type(value) is not float:
         return float(value)
+    if isinstance(value, Namespace):
+        out = copy.copy(value)
+        for key, item in list(vars(value).items()):
+            setattr(out, key, plain_numbers(item))
+        return out
     if isinstance(value, dict):
         out = copy.copy(value)  # the same mapping type (OrderedDict state dicts keep their metadata)
         for key, item in value.items():

@@ -13,18 +13,14 @@ from finlight.core.checkpoints import check_state_dict_fits  # noqa: F401  (re-e
 from finlight.errors import FinlightError
 from finlight.core.losses import weighted_cross_entropy
 from finlight.core.metrics import classification_metrics
-from finlight.core.adapters import (SEQUENCE_HEADS, LoraOptions, QuantizationOptions, apply_adapters, as_options,
-                                      check_adapter_state, keep_in_place, options_dict, portable_4bit, quantized_load_kwargs,
-                                      trainable_state_dict, validate_options)
-from finlight.core.backbone import (ScratchConfig, backbone_state, build_from_scratch, load_pretrained,
-                                      rebuild_backbone)
-from finlight.core.base import ClassificationModule
+from finlight.core.adapters import LoraOptions, QuantizationOptions
+from finlight.core.backbone import ScratchConfig, build_from_scratch
+from finlight.core.base import CHECKPOINT_KEY, ClassificationModule  # noqa: F401  (CHECKPOINT_KEY re-exported)
 from finlight.core.heads import CONFIG_KEY as HEAD_KEY, install_mlp_head
 from finlight.core.optim import Schedule
 from finlight.prune.surgery import keep_layers as cut_to_layers, kept_layer_indices
 
 log = logging.getLogger("finlight.models")
-CHECKPOINT_KEY = "finlight"
 STAGES = ("val", "test")
 
 
@@ -59,6 +55,8 @@ class SequenceClassifier(ClassificationModule):
             (`finlight.core.heads.hidden_for_extra_parameters` sizes it). Recorded in the checkpoint's config.
     """
 
+    SCRATCH = ScratchConfig
+
     def __init__(
         self,
         backbone: Optional[str] = None,
@@ -79,16 +77,7 @@ class SequenceClassifier(ClassificationModule):
         keep_layers: Optional[Union[int, list[int]]] = None,
         head_hidden: Optional[PositiveInt] = None,
     ):
-        super().__init__()
-        if (backbone is None) == (scratch is None):
-            raise FinlightError("model: set exactly one of model.backbone (hub id or directory) or model.scratch")
-        if not 0.0 <= warmup_ratio < 1.0:
-            raise FinlightError(f"model.warmup_ratio={warmup_ratio}: must be in [0, 1)")
-        self.lora, self.quantization = as_options(lora, LoraOptions), as_options(quantization, QuantizationOptions)
-        validate_options(self.lora, self.quantization)
-        if scratch is not None and self.adapter_only:
-            raise FinlightError("model.lora / model.quantization need pretrained weights (model.backbone); a "
-                                "model.scratch encoder trains all its weights")
+        super().__init__(backbone, scratch, lora, quantization, warmup_ratio)
         if keep_layers is not None:
             if scratch is not None:
                 raise FinlightError("model.keep_layers cuts a pretrained backbone; a model.scratch encoder sets its "
@@ -102,31 +91,21 @@ class SequenceClassifier(ClassificationModule):
                 raise FinlightError("model.head_hidden with model.lora / model.quantization is not supported (their "
                                     "checkpoints rebuild the base's own head); leave model.head_hidden unset")
         self.save_hyperparameters(logger=False)
-        self.scratch = as_options(scratch, ScratchConfig)
-        self.hparams["lora"], self.hparams["quantization"] = options_dict(self.lora), options_dict(self.quantization)
-        self.hparams["scratch"] = options_dict(self.scratch)
-        self.backbone_name = backbone
-        self.model = None
-        self.tokenizer = None
-        self.label_names: Optional[list[str]] = list(label_names) if label_names else None
-        self.confusion: dict[str, torch.Tensor] = {}
-        self.weights_from_checkpoint = False  # set by the CLI when validate/test/predict get a --ckpt_path
+        self._plain_option_hparams()
+        self.label_names = list(label_names) if label_names else None
 
     # ------------------------------------------------------------------ building
     def setup(self, stage: str) -> None:
         if self.model is not None:
             return
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = self._attached_datamodule()
         label_names = self.label_names or getattr(datamodule, "label_names", None)
         if not label_names:
             raise FinlightError("model: no label names; use a finlight data module or set model.label_names")
         if self._backbone_comes_from_checkpoint(stage):
             self.label_names = list(label_names)  # on_load_checkpoint rebuilds the backbone and checks these
         else:
-            if self.scratch is not None:
-                model, tokenizer = build_from_scratch(self.scratch, label_names, getattr(datamodule, "train_texts", []))
-            else:
-                model, tokenizer = self._load_pretrained(self.backbone_name, label_names)
+            model, tokenizer = self._build_backbone(label_names, datamodule)
             hidden = self.hparams.get("head_hidden")
             if hidden is not None:
                 replaced = install_mlp_head(model, int(hidden), len(label_names))
@@ -146,18 +125,11 @@ class SequenceClassifier(ClassificationModule):
         Adapter-only checkpoints need their frozen base, and a resumed fit builds as usual."""
         return self.weights_from_checkpoint and stage in ("validate", "test", "predict") and not self.adapter_only
 
-    @property
-    def adapter_only(self) -> bool:
-        """LoRA / quantized runs checkpoint only their trainable weights."""
-        return self.lora is not None or self.quantization is not None
+    def _build_scratch(self, datamodule, label_names: list[str]):
+        return build_from_scratch(self.scratch, label_names, getattr(datamodule, "train_texts", []))
 
-    def _load_pretrained(self, name: str, label_names: list[str]):
-        """Pretrained backbone with the LoRA / quantization / checkpointing options applied."""
-        kwargs = {}
-        if self.quantization is not None:
-            device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
-            kwargs = quantized_load_kwargs(self.quantization, device, SEQUENCE_HEADS)
-        model, tokenizer = load_pretrained(name, label_names, self.hparams.trust_remote_code, **kwargs)
+    def _after_pretrained_load(self, model):
+        """``model.keep_layers``: the pretrained backbone cut right after it loads, before any adapter."""
         keep = self.hparams.get("keep_layers")
         if keep is not None:
             depth, params = int(model.config.num_hidden_layers), sum(p.numel() for p in model.parameters())
@@ -165,12 +137,7 @@ class SequenceClassifier(ClassificationModule):
             log.info("model.keep_layers: kept layers %s of %d (%s → %s parameters)",
                      kept_layer_indices(keep, depth), depth, f"{params:,}",
                      f"{sum(p.numel() for p in model.parameters()):,}")
-        portable_4bit(model)
-        if self.adapter_only or self.hparams.gradient_checkpointing:
-            model = apply_adapters(model, self.lora, self.quantization, self.hparams.gradient_checkpointing, "SEQ_CLS")
-        if self.quantization is not None:
-            keep_in_place(model)
-        return model, tokenizer
+        return model
 
     def _install(self, model, tokenizer, label_names: list[str]) -> None:
         model.train()  # from_pretrained returns eval mode; Lightning keeps each module's mode as it finds it
@@ -181,6 +148,10 @@ class SequenceClassifier(ClassificationModule):
         self.val_macro_f1_best = MaxMetric()
         if not hasattr(self, "class_weights"):
             self.register_buffer("class_weights", None, persistent=False)
+
+    def _adopt(self, info: dict, model, tokenizer) -> None:
+        if model is not self.model:
+            self._install(model, tokenizer, info["label_names"])
 
     # ------------------------------------------------------------------ steps
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -212,37 +183,7 @@ class SequenceClassifier(ClassificationModule):
         logits = self(batch["input_ids"], batch["attention_mask"])
         return {"index": batch["index"], "probs": logits.float().softmax(-1)}
 
-    # ------------------------------------------------------------------ checkpoints and export
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint[CHECKPOINT_KEY] = {"label_names": self.label_names,
-                                      "backbone": backbone_state(self.model, self.tokenizer)}
-        if self.adapter_only:
-            checkpoint[CHECKPOINT_KEY].update(
-                adapter_only=True, base=self.backbone_name, task="sequence-classification",
-                lora=options_dict(self.lora), quantization=options_dict(self.quantization))
-            checkpoint["state_dict"] = trainable_state_dict(self, checkpoint["state_dict"])
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        info = checkpoint.get(CHECKPOINT_KEY)
-        if info is None:
-            raise FinlightError("the checkpoint was not written by a finlight SequenceClassifier (no 'finlight' entry)")
-        if self.label_names is not None and list(info["label_names"]) != list(self.label_names):
-            raise FinlightError(f"the checkpoint was trained on labels {info['label_names']}, but the data has "
-                                f"{self.label_names}; set data.label_names to the checkpoint's order")
-        if info.get("adapter_only"):
-            if info["base"] != self.backbone_name:
-                raise FinlightError(f"the checkpoint's adapters were trained on {info['base']!r}, but "
-                                    f"model.backbone is {self.backbone_name!r}")
-            if self.model is None:  # setup() normally built it already; the frozen base is not in the file
-                model, tokenizer = self._load_pretrained(info["base"], info["label_names"])
-                self._install(model, tokenizer, info["label_names"])
-            check_adapter_state(self, checkpoint["state_dict"])
-            self.strict_loading = False  # only the trainable weights are in the checkpoint (checked exactly above)
-            return
-        model, tokenizer = rebuild_backbone(info["backbone"], self.hparams.trust_remote_code)
-        self._install(model, tokenizer, info["label_names"])
-        check_state_dict_fits(self.state_dict(), checkpoint["state_dict"])
-
+    # ------------------------------------------------------------------ export
     def export_hf(self, directory: str) -> None:
         """A Hugging Face directory (model + tokenizer, id2label set) that loads without finlight."""
         if getattr(self.model.config, HEAD_KEY, None) is not None:

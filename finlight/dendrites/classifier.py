@@ -65,9 +65,6 @@ class DendriticClassifier(SequenceClassifier):
             folder = self._scratch_folder.name
         return folder
 
-    def _pai_device(self) -> torch.device:
-        return self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
-
     def setup(self, stage: str) -> None:
         if self._trainer is not None and self.trainer.world_size > 1:  # before any backbone is loaded
             raise FinlightError(f"dendrites run on one device: perforatedai refuses DDP-wrapped models (this trainer "
@@ -78,7 +75,7 @@ class DendriticClassifier(SequenceClassifier):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None:
             raise FinlightError("dendrites need a finlight data module: its first training batch probes the layers")
-        device = self._pai_device()  # perforatedai creates dendrites on its configured device: probe there too
+        device = self._load_device()  # perforatedai creates dendrites on its configured device: probe there too
         self.model.to(device)
         before = sum(p.numel() for p in self.model.parameters())
         # the probe batch, candidate initialisation and preflight dropout draw random numbers: restore the
@@ -138,12 +135,12 @@ class DendriticClassifier(SequenceClassifier):
             if self.model is not None and self.output_ranks is None:
                 model, tokenizer = self.model, self.tokenizer
             else:
-                model, tokenizer = self._load_pretrained(base["base"], base["label_names"])
+                model, tokenizer = self._load_base(base["base"], base["label_names"])
         else:
             model, tokenizer = rebuild_backbone(base["backbone"], self.hparams.trust_remote_code)
         self._install(model, tokenizer, base["label_names"])
         self.output_ranks = dict(info["output_ranks"])
-        self.model = perforate(self.model, self.dendrites, self.output_ranks, self.pai_folder, self._pai_device(),
+        self.model = perforate(self.model, self.dendrites, self.output_ranks, self.pai_folder, self._load_device(),
                              self._trainer)
         _, _, UPA = import_pai()
         prefix = "model."
@@ -157,6 +154,11 @@ class DendriticClassifier(SequenceClassifier):
             self.strict_loading = False  # the frozen base is not in the checkpoint (the rest checked exactly above)
         else:
             check_state_dict_fits(self.state_dict(), checkpoint["state_dict"])
+
+    @staticmethod
+    def restore_hf_model(path: str, checkpoint: dict, trust_remote_code: bool = False):
+        """`finlight.core.restore` asks the class that wrote a checkpoint for this: see `restore_dendritic`."""
+        return restore_dendritic(path, checkpoint, trust_remote_code)
 
     def export_hf(self, directory: str) -> None:
         raise FinlightError("a dendritic model is not a plain Hugging Face model: use its checkpoint "

@@ -38,7 +38,7 @@ def adapter_model_from_checkpoint(checkpoint: dict, trust_remote_code: bool = Fa
                             "nothing): there is nothing to export")
     task = info.get("task", "sequence-classification")
     if task in ("causal-lm", "finqa-generator"):
-        from finlight.causal_lm.classifier import load_causal_pretrained
+        from finlight.core.backbone import load_causal_pretrained
 
         model, _ = load_causal_pretrained(info["base"], "float32", trust_remote_code)
         model = apply_adapters(model, lora, None, False, "CAUSAL_LM")

@@ -80,13 +80,14 @@ def load_source(source: str, trust_remote_code: bool = False):
     if os.path.isdir(source):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        import finlight.prune.surgery  # noqa: F401  (builds recorded attention / MLP removals)
+        from finlight.core.removals import removal_aware_load
 
         if not os.path.isfile(os.path.join(source, "config.json")):
             raise FinlightError(f"{source}: no config.json; give a Hugging Face model directory "
                                 f"(python -m finlight export) or a .ckpt file")
-        model = AutoModelForSequenceClassification.from_pretrained(source, dtype=torch.float32,
-                                                                   trust_remote_code=trust_remote_code)
+        with removal_aware_load(source):  # a pruned export's recorded attention / MLP removals
+            model = AutoModelForSequenceClassification.from_pretrained(source, dtype=torch.float32,
+                                                                       trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(source)
         return model, tokenizer
     from finlight.core.restore import restore_from_checkpoint

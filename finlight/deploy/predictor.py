@@ -131,11 +131,12 @@ def _torch_runner(path: str, num_threads: Optional[int], device: str, bf16: bool
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    import finlight.prune.surgery  # noqa: F401  (builds recorded attention / MLP removals)
+    from finlight.core.removals import removal_aware_load
 
     if num_threads:
         torch.set_num_threads(num_threads)
-    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).to(device).eval()
+    with removal_aware_load(path):  # a pruned export's recorded attention / MLP removals
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).to(device).eval()
 
     def run(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()

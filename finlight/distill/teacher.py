@@ -124,14 +124,17 @@ def _from_finlight_checkpoint(path: str, trust_remote_code: bool):
 def _from_pretrained(source: str, trust_remote_code: bool):
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+    from finlight.core.removals import removal_aware_load
+
     local = os.path.isdir(source)
     if not local and (source.startswith((".", "/", "~")) or source.count("/") > 1):
         raise FinlightError(f"teacher {source!r}: no such checkpoint file or directory")
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-        model = AutoModelForSequenceClassification.from_pretrained(source, config=config, dtype=torch.float32,
-                                                                   trust_remote_code=trust_remote_code)
+        with removal_aware_load(f"teacher {source}"):
+            model = AutoModelForSequenceClassification.from_pretrained(source, config=config, dtype=torch.float32,
+                                                                       trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         if local:
             raise FinlightError(f"teacher {source}: not a loadable Hugging Face classifier directory "

@@ -20,76 +20,47 @@ import logging
 import os
 from typing import Optional
 
-import lightning.pytorch as pl
 import torch
-from jsonargparse.typing import NonNegativeFloat, PositiveFloat, PositiveInt
+from jsonargparse.typing import NonNegativeFloat, PositiveInt
 from torchmetrics import MaxMetric, MeanMetric
 
 from finlight.errors import FinlightError
 from finlight.finqa.metrics import DEFAULT_REL_TOL, score_prediction
 from finlight.core.losses import answer_only_lm_loss
-from finlight.core.adapters import (LoraOptions, QuantizationOptions, check_adapter_state, options_dict,
-                                      trainable_state_dict)
-from finlight.core.backbone import backbone_state, rebuild_backbone
-from finlight.causal_lm.classifier import (CausalScratchConfig, DType, build_causal_from_scratch,
-                                       causal_backbone_options, greedy_generate, load_causal_base)
-from finlight.core.optim import Schedule, adamw_with_schedule, clip_gradients, fused_allowed
+from finlight.core.backbone import build_causal_from_scratch
+from finlight.core.base import CHECKPOINT_KEY, CausalLMModule  # noqa: F401  (CHECKPOINT_KEY re-exported)
+from finlight.causal_lm.classifier import greedy_generate
 from finlight.core.run_dir import run_dir
 
 log = logging.getLogger("finlight.models")
-CHECKPOINT_KEY = "finlight"
 TASK = "finqa-generator"
 METRICS = ("exec_acc", "prog_acc", "prog_acc_symbolic", "unparseable_rate", "nonexecutable_rate")
 PROGRAM_ONLY = ("prog_acc", "prog_acc_symbolic", "nonexecutable_rate")
 
 
-class FinQAGenerator(pl.LightningModule):
+class FinQAGenerator(CausalLMModule):
     """Generative FinQA with a causal LM; needs `finlight.finqa.FinQADataModule`.
 
     Args:
-        backbone: hub id or local directory of a causal LM.
-        scratch: instead, a small Llama-shaped decoder from random init.
-        lora / quantization / gradient_checkpointing / dtype / trust_remote_code: as `CausalLMClassifier`.
         max_new_tokens: generation budget (programs of FinQA are at most ~60 Llama tokens).
         rel_tol: relative tolerance of execution accuracy, besides upstream's equality after rounding to 5
             decimals (see `finlight.finqa.metrics`).
-        learning_rate / weight_decay / scheduler / warmup_ratio: AdamW and its schedule.
+        **kwargs: the backbone and optimisation arguments of `finlight.core.base.CausalLMModule`, as for
+            `CausalLMClassifier` (``backbone`` or ``scratch``, ``lora``, ``quantization``,
+            ``gradient_checkpointing``, ``dtype``, ``learning_rate``, ``weight_decay``, ``scheduler``,
+            ``warmup_ratio``, ``trust_remote_code``).
     """
 
-    def __init__(
-        self,
-        backbone: Optional[str] = None,
-        scratch: Optional[CausalScratchConfig] = None,
-        lora: Optional[LoraOptions] = None,
-        quantization: Optional[QuantizationOptions] = None,
-        gradient_checkpointing: bool = False,
-        dtype: DType = "float32",
-        max_new_tokens: PositiveInt = 64,
-        rel_tol: NonNegativeFloat = DEFAULT_REL_TOL,
-        learning_rate: PositiveFloat = 1e-4,
-        weight_decay: NonNegativeFloat = 0.0,
-        scheduler: Schedule = "cosine",
-        warmup_ratio: float = 0.03,
-        trust_remote_code: bool = False,
-    ):
-        super().__init__()
-        scratch, lora, quantization = causal_backbone_options(backbone, scratch, lora, quantization)
+    TASK = TASK
+    NOT_HPARAMS = ("max_new_tokens", "rel_tol")
+
+    def __init__(self, max_new_tokens: PositiveInt = 64, rel_tol: NonNegativeFloat = DEFAULT_REL_TOL, **kwargs):
         if max_new_tokens < 1:
             raise FinlightError(f"model.max_new_tokens={max_new_tokens} must be ≥ 1")
         if rel_tol < 0:
             raise FinlightError(f"model.rel_tol={rel_tol} must be ≥ 0")
-        if not 0.0 <= warmup_ratio < 1.0:
-            raise FinlightError(f"model.warmup_ratio={warmup_ratio}: must be in [0, 1)")
-        # how to evaluate is not a property of the trained weights: kept out of the checkpoint's hparams
+        super().__init__(**kwargs)
         self.max_new_tokens, self.rel_tol = max_new_tokens, rel_tol
-        self.save_hyperparameters(logger=False, ignore=["max_new_tokens", "rel_tol"])
-        for key, value in (("lora", lora), ("quantization", quantization), ("scratch", scratch)):
-            self.hparams[key] = options_dict(value)
-        self.lora, self.quantization, self.scratch = lora, quantization, scratch
-        self.model = None
-        self.tokenizer = None
-        self.label_names = None  # no classes: the run's reports skip confusion matrices
-        self.confusion: dict = {}
         self.target: Optional[str] = None
         self.suffix = ""
         self.scores = torch.nn.ModuleDict({stage: torch.nn.ModuleDict({m: MeanMetric() for m in METRICS})
@@ -97,10 +68,6 @@ class FinQAGenerator(pl.LightningModule):
         self.val_exec_acc_best = MaxMetric()
         self._test_rows: list[dict] = []
         self._generation_speed: dict = {}  # prompt / new tokens and seconds of greedy decoding, per epoch
-
-    @property
-    def adapter_only(self) -> bool:
-        return self.lora is not None or self.quantization is not None
 
     # ------------------------------------------------------------------ building
     def setup(self, stage: str) -> None:
@@ -110,18 +77,14 @@ class FinQAGenerator(pl.LightningModule):
         if self.model is not None:
             datamodule.tokenizer = self.tokenizer
             return
-        if self.scratch is not None:
-            model, tokenizer = build_causal_from_scratch(self.scratch, datamodule.train_texts, [])
-        else:
-            device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
-            model, tokenizer = load_causal_base(self.hparams.backbone, self.lora, self.quantization,
-                                                self.hparams.gradient_checkpointing, self.hparams.dtype,
-                                                self.hparams.trust_remote_code, device)
-        self._install(model, tokenizer)
-        datamodule.tokenizer = tokenizer
+        self._install(*self._build_backbone(None, datamodule))
+        datamodule.tokenizer = self.tokenizer
+
+    def _build_scratch(self, datamodule, label_names):
+        return build_causal_from_scratch(self.scratch, datamodule.train_texts, [])
 
     def _datamodule(self):
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = self._attached_datamodule()
         if datamodule is None or not hasattr(datamodule, "metric_suffix"):
             raise FinlightError("FinQAGenerator needs data.class_path: finlight.finqa.FinQADataModule")
         return datamodule
@@ -234,47 +197,20 @@ class FinQAGenerator(pl.LightningModule):
         rows = [{k: v for k, v in _row(*item).items() if k != "index"} for item in scored]
         return {"index": batch["index"], "rows": rows}
 
-    def configure_optimizers(self):
-        return adamw_with_schedule(self.model, self.hparams, lambda: int(self.trainer.estimated_stepping_batches),
-                                   fused=fused_allowed(self._trainer))
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
-
     # ------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint[CHECKPOINT_KEY] = {
-            "task": TASK, "label_names": [], "target": self.target,
-            "backbone": backbone_state(self.model, self.tokenizer), "adapter_only": self.adapter_only,
-            "base": self.hparams.backbone, "lora": options_dict(self.lora),
-            "quantization": options_dict(self.quantization),
-        }
-        if self.adapter_only:
-            checkpoint["state_dict"] = trainable_state_dict(self, checkpoint["state_dict"])
+    def _checkpoint_entry(self) -> dict:
+        return {**super()._checkpoint_entry(), "target": self.target}
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        info = checkpoint.get(CHECKPOINT_KEY)
-        if info is None or info.get("task") != TASK:
-            raise FinlightError("the checkpoint was not written by a finlight FinQAGenerator")
+    def _check_checkpoint(self, info) -> None:
+        super()._check_checkpoint(info)
         if self.target is not None and info.get("target") not in (None, self.target):
             raise FinlightError(f"the checkpoint was trained with data.target={info['target']}, but data.target "
                                 f"is {self.target}; set data.target: {info['target']}")
-        if info["adapter_only"]:
-            if info["base"] != self.hparams.backbone:
-                raise FinlightError(f"the checkpoint's adapters were trained on {info['base']!r}, but "
-                                    f"model.backbone is {self.hparams.backbone!r}")
-            if self.model is None:
-                device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
-                self._install(*load_causal_base(info["base"], self.lora, self.quantization,
-                                                self.hparams.gradient_checkpointing, self.hparams.dtype,
-                                                self.hparams.trust_remote_code, device))
-            check_adapter_state(self, checkpoint["state_dict"])
-            self.strict_loading = False  # the frozen base is not in the checkpoint (checked exactly above)
-        else:
-            self._install(*rebuild_backbone(info["backbone"], self.hparams.trust_remote_code, causal_lm=True))
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if datamodule is not None:
-            datamodule.tokenizer = self.tokenizer
+
+    def _adopt(self, info: dict, model, tokenizer) -> None:
+        if model is not self.model:
+            self._install(model, tokenizer)
+        self._adopt_tokenizer()
 
 
 _FIELD = {"exec_acc": "exec_correct", "prog_acc": "prog_correct", "prog_acc_symbolic": "prog_equivalent",

@@ -283,7 +283,10 @@ class SuccessiveLayerDrop(pl.Callback):
         rebuild_optimizers(trainer)  # the checkpoint written next holds optimizer state for these weights
         if self._snapshot_scores is not None:
             # the checkpoint callback runs after this one and files the restored weights under its monitored
-            # metric: give it their own scores (measured when these weights were validated), not the pruned model's
+            # metric: give it their own scores (measured when these weights were validated), not the pruned model's.
+            # No public way: self.log is refused in on_validation_end, and the module's metrics only exist after
+            # the callbacks' on_validation_epoch_end; so the trainer's metric dict is updated in place
+            # (tests/test_lightning_internals.py fails loudly if ModelCheckpoint stops seeing such an update)
             trainer.callback_metrics.update(self._snapshot_scores)
         self.history.append({"epoch": trainer.current_epoch, "global_step": trainer.global_step, "reverted": True,
                              "monitor": self.monitor, "value": value, "best": self.best,

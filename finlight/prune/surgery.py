@@ -21,13 +21,11 @@ residual stream (`RemovedAttention`, `RemovedMLP`) and deletes the norm that fed
 ``input_layernorm`` with the attention, ``post_attention_layernorm`` with the MLP; Phi's one shared norm stays
 while either part is left). The last part of a layer going = the layer going (`drop_layers`). The removals are
 recorded in ``config.removed_sublayers`` (one list per layer, e.g. ``[[], ["attention"], ["mlp"]]``), which
-Hugging Face writes to config.json. Importing this module wraps ``PreTrainedModel.post_init`` — the last step
-of every Hugging Face model's ``__init__``, before any weight is loaded or initialised — so a model whose
-config records removals is built with the stand-ins already in place: ``from_pretrained`` then finds exactly
-the saved keys and ``from_config`` (finlight checkpoint rebuilds) exactly the checkpoint's. Transformers has
-no per-layer "skip" in its modelling code yet (5.23 stores ``per_layer_config.skip`` but nothing reads it),
-and the wrap needs no copy of any model class. A pruned export therefore loads where ``finlight.prune.surgery`` is
-imported (finlight's loaders import it); plain transformers would rebuild and randomly initialise the parts.
+Hugging Face writes to config.json. Finlight's loaders build such a model with the stand-ins already in place
+(`finlight.core.removals.removal_aware_load`, which also holds the stand-ins): ``from_pretrained`` then finds
+exactly the saved keys and ``from_config`` (finlight checkpoint rebuilds) exactly the checkpoint's. Importing this
+module changes nothing in transformers; outside finlight, load a pruned export inside ``removal_aware_load()``
+(plain transformers would rebuild and randomly initialise the parts).
 
 KV cache: the remaining attentions are renumbered ``layer_idx = 0 .. A-1`` (A = attentions left), so cache
 slot 0 — which ``get_seq_length()`` and the mask code read — always belongs to a real attention, and the
@@ -39,45 +37,19 @@ Mistral's all-sliding, Qwen2's all-full default) are fine.
 
 from __future__ import annotations
 
-import functools
 from contextlib import contextmanager
 from typing import Iterable, Iterator, Optional
 
 import torch
 from torch import nn
 
+from finlight.core.removals import (PARTS, RemovedAttention, RemovedMLP, decoder_style, remove_part,  # noqa: F401
+                                    removed_parts, renumber_cache_slots)
 from finlight.errors import FinlightError
 
 # config attributes that hold one entry per layer and must shrink with the stack
 PER_LAYER_CONFIG_KEYS = ("layer_types", "no_rope_layers", "removed_sublayers")
 Unit = tuple  # ("layer", i) | ("repeat", i) | ("attention", i) | ("mlp", i)
-
-PARTS = ("attention", "mlp")
-# decoders whose layer is  x + attn(norm1(x)), then  x + mlp(norm2(x))  — each norm feeds one part
-SEQUENTIAL_DECODERS = ("llama", "mistral", "qwen2")
-# decoders whose layer is  x + attn(norm(x)) + mlp(norm(x))  — one norm feeds both parts
-PARALLEL_DECODERS = ("phi",)
-_MODULE = {"attention": "self_attn", "mlp": "mlp"}
-_OWN_NORM = {"attention": "input_layernorm", "mlp": "post_attention_layernorm"}
-
-
-class RemovedAttention(nn.Module):
-    """Stands in for a removed self-attention: adds nothing to the residual stream, holds no weight and no
-    KV-cache slot (it has no ``layer_idx``). Returns what a decoder layer unpacks: (output, attention weights)."""
-
-    def forward(self, hidden_states: torch.Tensor = None, *args, **kwargs):
-        return torch.zeros_like(hidden_states), None
-
-
-class RemovedMLP(nn.Module):
-    """Stands in for a removed MLP: adds nothing to the residual stream and holds no weight."""
-
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return torch.zeros_like(hidden_states)
-
-
-_STAND_IN = {"attention": RemovedAttention, "mlp": RemovedMLP}
-
 
 def family(model: nn.Module) -> str:
     """``encoder`` | ``albert`` | ``decoder`` (raises for anything else)."""
@@ -169,7 +141,7 @@ def drop_layers(model: nn.Module, indices: Iterable[int]) -> nn.Module:
         kept = nn.ModuleList(layers[i] for i in keep)
         if kind == "decoder":
             model.base_model.layers = kept
-            _renumber_cache_slots(kept)
+            renumber_cache_slots(kept)
         else:
             _encoder_owner(model.base_model).layer = kept
     for config in _configs(model):
@@ -239,15 +211,10 @@ def drop_unit(model: nn.Module, unit: Unit) -> nn.Module:
         if len(layers) == 1:
             raise FinlightError(f"unit {unit}: the {kind} is all that is left of the only layer")
         return drop_layers(model, [index])
-    _remove_part(layers[index], kind, style)
-    _renumber_cache_slots(layers)
+    remove_part(layers[index], kind, style)
+    renumber_cache_slots(layers)
     _record_removals(model)
     return model
-
-
-def removed_parts(layer: nn.Module) -> list[str]:
-    """The parts (``attention``, ``mlp``) of one decoder layer that have been removed."""
-    return [part for part in PARTS if isinstance(getattr(layer, _MODULE[part], None), _STAND_IN[part])]
 
 
 def count_sublayers(model: nn.Module) -> int:
@@ -261,83 +228,13 @@ def _sublayer_style(model: nn.Module) -> str:
     if kind != "decoder":
         raise FinlightError(f"granularity='sublayer' (attention / MLP removal) is for decoders; this is an {kind}: "
                             "use granularity: layer")
-    model_type = getattr(model.config, "model_type", None)
-    if model_type in SEQUENTIAL_DECODERS:
-        style = "sequential"
-    elif model_type in PARALLEL_DECODERS:
-        style = "parallel"
-    else:
-        raise FinlightError(f"attention / MLP removal knows {', '.join(SEQUENTIAL_DECODERS + PARALLEL_DECODERS)} "
-                            f"decoders, not {model_type!r}: use granularity: layer")
-    types = getattr(model.config, "layer_types", None)
-    if getattr(model.config, "is_heterogeneous", False) or (types and len(set(types)) > 1):
-        raise FinlightError(f"attention / MLP removal needs every layer to use one cache type; this {model_type} "
-                            f"mixes layer_types {sorted(set(types or []))} (renumbered attentions would land in cache "
-                            "slots of another type): use granularity: layer")
-    return style
-
-
-def _remove_part(layer: nn.Module, part: str, style: str) -> None:
-    setattr(layer, _MODULE[part], _STAND_IN[part]())
-    if style == "sequential":  # its own norm fed only the removed part; Phi's shared norm still feeds the other
-        setattr(layer, _OWN_NORM[part], nn.Identity())
-
-
-def _renumber_cache_slots(layers: nn.ModuleList) -> None:
-    """``layer_idx`` = rank among the remaining attentions: the KV cache fills slots 0..A-1 and slot 0, which
-    ``get_seq_length()`` reads, always holds a real attention's keys."""
-    slot = 0
-    for layer in layers:
-        if isinstance(getattr(layer, "self_attn", None), RemovedAttention):
-            continue
-        for module in layer.modules():
-            if hasattr(module, "layer_idx"):
-                module.layer_idx = slot
-        slot += 1
+    return decoder_style(model.config)
 
 
 def _record_removals(model: nn.Module) -> None:
     removed = [removed_parts(layer) for layer in layer_list(model)]
     for config in _configs(model):
         config.removed_sublayers = [list(parts) for parts in removed]
-
-
-def _build_with_recorded_removals(model: nn.Module) -> None:
-    """Put the stand-ins of ``config.removed_sublayers`` into a decoder stack that was just built (idempotent;
-    nothing happens unless the config carries the field and the module owns the ``layers`` list)."""
-    recorded = getattr(getattr(model, "config", None), "removed_sublayers", None)
-    layers = getattr(model, "layers", None)
-    if not recorded or not any(recorded) or not isinstance(layers, nn.ModuleList):
-        return
-    if len(recorded) != len(layers):
-        raise FinlightError(f"config.removed_sublayers has {len(recorded)} entries for {len(layers)} layers: the "
-                            "config was edited by hand? It must hold one list per layer")
-    style = _sublayer_style(model)
-    for index, (layer, parts) in enumerate(zip(layers, recorded)):
-        if not set(parts) <= set(PARTS) or set(parts) == set(PARTS):
-            raise FinlightError(f"config.removed_sublayers[{index}] = {parts}: each entry lists 'attention' and/or "
-                                "'mlp', never both (a layer without either is dropped, not kept)")
-        for part in parts:
-            if part not in removed_parts(layer):
-                _remove_part(layer, part, style)
-    _renumber_cache_slots(layers)
-
-
-def _install_loader_hook() -> None:
-    """Wrap ``PreTrainedModel.post_init`` once (see the module docstring for why this place)."""
-    from transformers import PreTrainedModel
-
-    original = PreTrainedModel.post_init
-    if getattr(original, "_finlight_removed_sublayers", False):
-        return
-
-    @functools.wraps(original)
-    def post_init(self, *args, **kwargs):
-        _build_with_recorded_removals(self)
-        return original(self, *args, **kwargs)
-
-    post_init._finlight_removed_sublayers = True
-    PreTrainedModel.post_init = post_init
 
 
 def _first_input(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -389,5 +286,3 @@ def parameter_count(model: nn.Module) -> int:
     """Distinct parameters (shared ALBERT weights counted once)."""
     return sum(p.numel() for p in model.parameters())
 
-
-_install_loader_hook()

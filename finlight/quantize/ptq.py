@@ -27,6 +27,7 @@ from jsonargparse.typing import NonNegativeInt, PositiveInt, restricted_number_t
 from finlight.commands import run_command
 from finlight.errors import FinlightError
 from finlight.core.adapters import SEQUENCE_HEADS, QuantizationOptions, portable_4bit, quantized_load_kwargs
+from finlight.core.removals import removal_aware_load
 
 METHODS = ("bnb4", "bnb8", "gptq4")
 
@@ -64,7 +65,8 @@ def load_bnb(model_dir: str, bits: int = 4, quant_type: str = "nf4", double_quan
                                   compute_dtype=compute_dtype)
     kwargs = quantized_load_kwargs(options, device or default_device(), SEQUENCE_HEADS)
     try:
-        model = auto_class(folder).from_pretrained(folder, dtype=torch.float32, **kwargs)
+        with removal_aware_load(model_dir):
+            model = auto_class(folder).from_pretrained(folder, dtype=torch.float32, **kwargs)
     except (RuntimeError, ValueError) as err:
         raise FinlightError(f"{model_dir}: bitsandbytes {bits}-bit load failed: {str(err).splitlines()[0][:300]}"
                             " (on CPU, 4-bit needs layer widths divisible by 32)") from None
@@ -118,7 +120,7 @@ def block_name(model_dir: str) -> str:
 
     from finlight.prune import surgery
 
-    with torch.device("meta"):  # the module tree only, no weights
+    with torch.device("meta"), removal_aware_load(model_dir):  # the module tree only, no weights
         skeleton = auto_class(model_dir).from_config(AutoConfig.from_pretrained(model_dir))
     layers = surgery.layer_list(skeleton)
     return next(name for name, module in skeleton.named_modules() if module is layers)
@@ -141,8 +143,9 @@ def gptq_quantize(model_dir: str, output_dir: str, calibration: Sequence[str], b
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     place = (device.index or 0) if device.type == "cuda" else "cpu"
     try:
-        model = auto_class(folder).from_pretrained(folder, quantization_config=config, device_map={"": place},
-                                                   dtype=dtype)
+        with removal_aware_load(model_dir):
+            model = auto_class(folder).from_pretrained(folder, quantization_config=config, device_map={"": place},
+                                                       dtype=dtype)
     except (RuntimeError, ValueError) as err:
         raise FinlightError(f"{model_dir}: GPTQ failed: {str(err).splitlines()[0][:300]} (group_size must "
                             "divide every quantized layer's input width)") from None
@@ -173,7 +176,8 @@ def load_quantized_dir(model_dir: str, device: Optional[torch.device] = None):
             _gptq_environment()
             kwargs["dtype"] = torch.float16 if device.type == "cuda" else torch.float32
         kwargs["device_map"] = {"": (device.index or 0) if device.type == "cuda" else "cpu"}
-    model = auto_class(folder).from_pretrained(folder, **kwargs)
+    with removal_aware_load(model_dir):
+        model = auto_class(folder).from_pretrained(folder, **kwargs)
     return portable_4bit(model).eval(), AutoTokenizer.from_pretrained(folder)
 
 

@@ -37,6 +37,11 @@ class RunCheckpoint(ModelCheckpoint):
         self.root = root
         self.best_weights_only = best_weights_only
 
+    # Lightning internals (no public hook does this; tests/test_lightning_internals.py fails loudly when one of
+    # them changes): ``_save_checkpoint(trainer, filepath)`` is the one place a file's path and its
+    # ``save_weights_only`` meet, so ranked and last files can differ; ``_should_save_on_train_epoch_end``,
+    # ``_should_skip_saving_checkpoint``, ``_monitor_candidates`` and ``_save_last_checkpoint`` are what
+    # ModelCheckpoint's own hooks use to write last.ckpt, reused so the extra write follows the same rules.
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         """Ranked files weights-only (``best_weights_only``), ``last.ckpt`` in full; the write timed."""
         full = filepath == self.last_model_path or not self.best_weights_only

@@ -61,12 +61,16 @@ class HParamsSummary(pl.Callback):
         if not self.enabled or experiment is None or not self.params or trainer.global_rank != 0:
             return
         from torch.utils.tensorboard.summary import hparams
+        from torch.utils.tensorboard.writer import FileWriter
 
-        # hparams() only declares the metrics; their values are the run's own scalars with these tags
-        exp, ssi, sei = hparams(self.params, {m: 0.0 for m in METRICS})
-        writer = experiment._get_file_writer()  # SummaryWriter has no public call that writes summaries only
-        for summary in (exp, ssi, sei):
+        # hparams() only declares the metrics; their values are the run's own scalars with these tags. The
+        # public writers that take summaries (SummaryWriter.add_hparams, TensorBoardLogger.log_hyperparams) also
+        # write those metrics as values, so the session goes through its own event file in the run's folder
+        # (TensorBoard reads every event file of a folder as one run)
+        writer = FileWriter(experiment.get_logdir(), filename_suffix=".hparams")
+        for summary in hparams(self.params, {m: 0.0 for m in METRICS}):
             writer.add_summary(summary)
+        writer.close()
 
     def on_test_end(self, trainer, pl_module) -> None:
         if not self.enabled or trainer.global_rank != 0:
