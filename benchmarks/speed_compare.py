@@ -88,20 +88,12 @@ def load_model(path: str, threads: int):
 
 
 def batches(tokenizer, texts: list[str], batch_size: int, max_length: int) -> list[tuple]:
-    """Longest-first batches of token ids (int64), each padded to its own longest text; and the order used."""
-    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out = []
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        width = max(len(ids[i]) for i in chunk)
-        x = np.full((len(chunk), width), pad, dtype=np.int64)
-        m = np.zeros((len(chunk), width), dtype=np.int64)
-        for row, i in enumerate(chunk):
-            x[row, :len(ids[i])], m[row, :len(ids[i])] = ids[i], 1
-        out.append((chunk, x, m))
-    return out
+    """Longest-first batches of token ids (int64), each padded to its own longest text, as (rows, ids, mask):
+    the Predictor's batching (`finlight.deploy.onnx.length_sorted_feeds`), unpacked for the timing loops."""
+    from finlight.deploy.onnx import length_sorted_feeds
+
+    return [(feed["rows"].tolist(), feed["input_ids"], feed["attention_mask"])
+            for feed in length_sorted_feeds(tokenizer, texts, max_length, batch_size)]
 
 
 def quality(probs: np.ndarray, labels: np.ndarray, positive: int) -> dict:
