@@ -90,6 +90,15 @@ def test_same_seed_gives_the_same_run(in_tmp):
     assert outcome("--seed_everything", "8", "--data.init_args.seed", "8")[0] != first[0]
 
 
+def test_enable_checkpointing_false_fits_without_writing_a_checkpoint(in_tmp):
+    config = tiny_config(in_tmp, trainer={"max_epochs": 1, "limit_train_batches": 2})
+    cli = run_cli(["fit", "--config", config, "--trainer.enable_checkpointing", "false"])
+    assert cli.trainer.checkpoint_callback is None and cli.trainer.global_step == 2
+    assert not list(in_tmp.rglob("*.ckpt"))
+    with_checkpoints = run_cli(["fit", "--config", config, "--experiment", "saved"])
+    assert with_checkpoints.trainer.checkpoint_callback is not None and list(in_tmp.rglob("*.ckpt"))
+
+
 def test_local_backbone_directory_fits(in_tmp, tiny_hf_dir):
     config = tiny_config(in_tmp, model={"backbone": str(tiny_hf_dir), "learning_rate": 1e-3},
                          trainer={"max_epochs": 1, "limit_train_batches": 3})

@@ -42,6 +42,15 @@ def test_model_checkpoint_internals_that_run_checkpoint_overrides_or_calls_are_u
         f"ModelCheckpoint.{name} changed its signature: update finlight.core.callbacks.checkpoint"
 
 
+def test_cli_instantiate_trainer_internal_that_finlight_overrides_is_unchanged():
+    from lightning.pytorch.cli import LightningCLI
+
+    method = getattr(LightningCLI, "_instantiate_trainer", None)
+    assert method is not None, "LightningCLI lost _instantiate_trainer: update finlight.cli.FinlightCLI"
+    assert list(inspect.signature(method).parameters) == ["self", "config", "callbacks"], \
+        "LightningCLI._instantiate_trainer changed its signature: update finlight.cli.FinlightCLI"
+
+
 def test_run_checkpoint_writes_weights_only_best_files_and_last_every_epoch(tmp_path):
     callback = RunCheckpoint(dirpath=str(tmp_path / "ckpt"), monitor="val/m", mode="min", save_last=True)
     _fit(tmp_path, [callback])

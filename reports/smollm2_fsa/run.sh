@@ -17,8 +17,9 @@
 # seed recorded: reports/done_run.py ... val); a fit when checkpoints/smollm2_fsa_lora/version_N/last.ckpt of that seed
 # exists; a tuned evaluation when its val_metrics.json is newer than that checkpoint. Done steps are skipped.
 # Console output of each step: logs/smollm2_fsa/<step>.out; one line per step: logs/smollm2_fsa/progress.log.
+# At the end reports/smollm2_fsa/collect.py writes results.md / results.csv / paired.csv here (paired tests).
 #
-# Environment: PYTHON (default .venv/bin/python), SEEDS (default "1 2"), SUBSAMPLE (default 256), QUANT (default
+# Environment: PYTHON (default .venv/bin/python), SEEDS (default "1 2"), SUBSAMPLE (default 1024), QUANT (default
 # none; nf4 = 4-bit NF4 base, double quantisation, bf16 compute), DRY_RUN=1 (say what is done and what would run).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
@@ -26,7 +27,7 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 PYTHON=${PYTHON:-.venv/bin/python}
 [ -x "$PYTHON" ] || PYTHON=python
 read -r -a SEED_LIST <<< "${SEEDS-1 2}"  # SEEDS="" runs the zero-shot rows only
-SUBSAMPLE=${SUBSAMPLE:-256}
+SUBSAMPLE=${SUBSAMPLE:-1024}
 QUANT=${QUANT:-none}
 CONFIG=configs/smollm2_fsa_lora.yaml
 STEM=smollm2_fsa_lora
@@ -52,6 +53,7 @@ fit_ckpt() {
     [ -f "$folder/config.yaml" ] || continue
     n=${folder##*_}
     grep -q "^seed_everything: $1\$" "$folder/config.yaml" || continue
+    grep -q "^    train_subsample: $SUBSAMPLE\$" "$folder/config.yaml" || continue
     [ -f "checkpoints/$STEM/version_$n/last.ckpt" ] || continue
     [ "checkpoints/$STEM/version_$n/last.ckpt" -nt "$CONFIG" ] || continue
     best="checkpoints/$STEM/version_$n/last.ckpt"
@@ -108,5 +110,13 @@ for seed in "${SEED_LIST[@]}"; do
       "${COMMON[@]}"
   done
 done
+if [ "${DRY_RUN:-0}" = 1 ]; then
+  echo "would run: $PYTHON reports/smollm2_fsa/collect.py (results.md, results.csv, paired.csv)"
+elif "$PYTHON" reports/smollm2_fsa/collect.py > "$WORK/collect.out" 2>&1; then
+  say "results: reports/smollm2_fsa/results.md"
+else
+  say "FAIL  collect; see $WORK/collect.out"
+  FAILED=1
+fi
 say "study end (failed: $FAILED)"
 [ "$FAILED" = 0 ]
