@@ -163,3 +163,18 @@ def test_the_mlp_control_adds_what_one_dendrite_set_adds_on_minilm(prepared_enco
     assert working == wrapped + sum(targets[t].main_module.out_features for t in options.targets) == 2_366_976
     head_extra = added_parameters(384, control["model"]["init_args"]["head_hidden"], len(labels))
     assert abs(head_extra - working) < 384 + 1 + len(labels)
+
+
+def test_smollm2_dendritic_config_is_its_plain_twin_plus_dendrites():
+    """reports/smollm2_dendrites/: the two rows differ only in the module class, its monitor and the dendrites,
+    and the set arrives while max_epochs still leaves an epoch for it (switch after epoch switch_every - 1)."""
+    plain = yaml.safe_load((REPO / "configs" / "smollm2_phrasebank_lora.yaml").read_text())
+    dendritic = yaml.safe_load((REPO / "configs" / "smollm2_phrasebank_lora_dendritic.yaml").read_text())
+    assert (plain["data"], plain["trainer"], plain["seed_everything"]) == \
+        (dendritic["data"], dendritic["trainer"], dendritic["seed_everything"])
+    extra = {k: v for k, v in dendritic["model"]["init_args"].items() if k not in plain["model"]["init_args"]}
+    assert sorted(extra) == ["dendrites", "monitor"]
+    assert {k: dendritic["model"]["init_args"][k] for k in plain["model"]["init_args"]} == plain["model"]["init_args"]
+    assert dendritic["model"]["class_path"] == "finlight.dendrites.DendriticClassifier"
+    assert extra["dendrites"]["switch_every"] < plain["trainer"]["max_epochs"]
+    assert extra["dendrites"]["max_dendrites"] == 1
