@@ -15,6 +15,7 @@ checkpoints, the test):
   * finlight, ``--trainer.precision 32-true``
   * HF Trainer, fp32, ``train_sampling_strategy="group_by_length"`` (transformers 5's group_by_length)
   * HF Trainer, bf16, group_by_length
+``--repeats N`` runs N interleaved rounds (each variant once per round) and reports the median-wall round of each.
 Step samples/s counts training steps only (forward, backward, clipping, optimizer step), timed per step in each
 framework's own step hooks. Achieved GFLOP/s = 3 × the encoder's forward FLOPs over the padded batches, divided
 by the step time; the matmul peak (fp32 and bf16) is measured at the start of the run. Ratios are against the
@@ -189,6 +190,15 @@ class StepTimer:
                 "step_samples_per_s": samples / max(sum(self.seconds), 1e-9), "shapes": self.shapes}
 
 
+def _median_round(runs: list[dict]) -> dict:
+    """The round with the median wall time (its own step rate and accuracy), plus every round's wall and rate."""
+    ordered = sorted(runs, key=lambda r: r["wall_s"])
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["wall_s_rounds"] = [round(r["wall_s"], 1) for r in runs]
+    chosen["step_samples_per_s_rounds"] = [round(r["step_samples_per_s"], 1) for r in runs]
+    return chosen
+
+
 def run_variant(args) -> None:
     import torch
 
@@ -217,6 +227,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {VARIANTS}")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds, each running every variant in turn; the median-wall round is reported")
     parser.add_argument("--out", default=str(ROOT / "bench_out" / "training"))
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant in this process
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -244,29 +256,33 @@ def main() -> None:
     print(f"model {args.model} ({config.num_hidden_layers}×{config.hidden_size}); data {data}; {args.epochs} epoch(s), "
           f"batch {args.batch_size}, max_length {args.max_length}, lr {args.lr}, warm-up 0.1, clip 1.0, "
           f"{args.threads} threads{' [QUICK: not the figures to quote]' if args.quick else ''}")
-    results = {}
-    for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for variant in names:
         if variant not in VARIANTS:
             sys.exit(f"benchmark: unknown variant {variant!r}; choose from {VARIANTS}")
-        result_file = workdir / f"{variant}.json"
-        command = [sys.executable, __file__, "--variant", variant, "--result", str(result_file), "--workdir",
-                   str(workdir), "--data", data, "--model", args.model, "--epochs", str(args.epochs),
-                   "--batch_size", str(args.batch_size), "--max_length", str(args.max_length), "--lr", str(args.lr),
-                   "--threads", str(args.threads)]
-        start = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True,
-                              env={**os.environ, "FINLIGHT_AUTO_PRECISION": ""})
-        wall = time.perf_counter() - start
-        if done.returncode != 0:
-            print(f"{variant}: FAILED\n{done.stderr[-3000:]}")
-            continue
-        result = json.loads(result_file.read_text())
-        result["wall_s"] = wall
-        train_flops = 3 * encoder_forward_flops(config, [s[1] for s in result["shapes"] for _ in range(s[0])])
-        result["gflops"] = train_flops / result["step_seconds"] / 1e9
-        result["peak_share"] = result["gflops"] / peak["bf16" if "bf16" in result["precision"] else "fp32"]
-        results[variant] = result
-        print(f"  {variant:16s} done in {wall:.0f} s")
+    rounds: dict[str, list[dict]] = {name: [] for name in names}
+    for round_ in range(args.repeats):  # interleaved: load from other processes falls on every variant alike
+        for variant in names:
+            result_file = workdir / f"{variant}.{round_}.json"
+            command = [sys.executable, __file__, "--variant", variant, "--result", str(result_file), "--workdir",
+                       str(workdir), "--data", data, "--model", args.model, "--epochs", str(args.epochs),
+                       "--batch_size", str(args.batch_size), "--max_length", str(args.max_length),
+                       "--lr", str(args.lr), "--threads", str(args.threads)]
+            start = time.perf_counter()
+            done = subprocess.run(command, capture_output=True, text=True,
+                                  env={**os.environ, "FINLIGHT_AUTO_PRECISION": ""})
+            wall = time.perf_counter() - start
+            if done.returncode != 0:
+                print(f"{variant}: FAILED\n{done.stderr[-3000:]}")
+                continue
+            result = json.loads(result_file.read_text())
+            result["wall_s"] = wall
+            train_flops = 3 * encoder_forward_flops(config, [s[1] for s in result["shapes"] for _ in range(s[0])])
+            result["gflops"] = train_flops / result["step_seconds"] / 1e9
+            result["peak_share"] = result["gflops"] / peak["bf16" if "bf16" in result["precision"] else "fp32"]
+            rounds[variant].append(result)
+            print(f"  round {round_ + 1}/{args.repeats} {variant:16s} done in {wall:.0f} s", flush=True)
+    results = {name: _median_round(runs) for name, runs in rounds.items() if runs}
     reference = results.get("hf_fp32_grouped")
     print(f"\n{'variant':16s} {'precision':14s} {'wall s':>7s} {'step samples/s':>15s} {'GFLOP/s':>8s} {'% peak':>7s} "
           f"{'test acc':>9s} {'macro-F1':>9s} {'wall × HF fp32':>15s} {'speed × HF fp32':>16s}")
@@ -277,6 +293,10 @@ def main() -> None:
               f"{100 * r['peak_share']:6.0f}% {r['test_acc']:9.4f} {r['test_macro_f1']:9.4f} {ratios}")
     print("(% peak: of the fp32 matmul peak for fp32 runs, of the bf16 peak for bf16 runs; wall × = how many times "
           "faster than HF fp32 end to end)")
+    if args.repeats > 1:
+        print(f"median of {args.repeats} interleaved rounds; every round's wall s / step samples/s:")
+        for name, r in results.items():
+            print(f"  {name:16s} {r['wall_s_rounds']}  {r['step_samples_per_s_rounds']}")
     for r in results.values():
         r.pop("shapes", None)
     (out / "training.json").write_text(json.dumps({"setup": {k: v for k, v in vars(args).items()
