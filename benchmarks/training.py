@@ -191,7 +191,9 @@ class StepTimer:
 
 
 def _median_round(runs: list[dict]) -> dict:
-    """The round with the median wall time (its own step rate and accuracy), plus every round's wall and rate."""
+    """The round with the median wall time (the faster middle one for an even count, so of 2 rounds the faster:
+    load from elsewhere only ever slows a round down), with its own step rate and accuracy, plus every round's wall
+    and rate."""
     ordered = sorted(runs, key=lambda r: r["wall_s"])
     chosen = dict(ordered[(len(ordered) - 1) // 2])
     chosen["wall_s_rounds"] = [round(r["wall_s"], 1) for r in runs]
@@ -294,7 +296,8 @@ def main() -> None:
     print("(% peak: of the fp32 matmul peak for fp32 runs, of the bf16 peak for bf16 runs; wall × = how many times "
           "faster than HF fp32 end to end)")
     if args.repeats > 1:
-        print(f"median of {args.repeats} interleaved rounds; every round's wall s / step samples/s:")
+        print(f"median of {args.repeats} interleaved rounds (of an even count the faster middle one); every round's "
+              "wall s / step samples/s:")
         for name, r in results.items():
             print(f"  {name:16s} {r['wall_s_rounds']}  {r['step_samples_per_s_rounds']}")
     for r in results.values():
