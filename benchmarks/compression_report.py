@@ -10,7 +10,7 @@ A variant is a finlight checkpoint (``.ckpt``) or a Hugging Face directory (an e
 or a quantized directory written by ``python -m finlight quantize``: its quantization config is applied at
 load). ``--sapling_run [NAME=]DIR`` adds, for each depth a SuccessiveLayerDrop run passed through, the checkpoint of
 that depth with the best ``val/macro_f1`` (``sapling_<depth>of<start>``, or ``NAME_…`` to tell several runs
-apart: the deepest one is the model before any drop; a sub-layer run is grouped by the attention + MLP parts left instead:
+apart: the deepest one is the model before any drop; ``--sapling_depths D …`` keeps only those depths; a sub-layer run is grouped by the attention + MLP parts left instead:
 ``sapling_<parts>of<start>parts``). Post-training variants of a variant ``NAME``: ``--int8 NAME`` (dynamic
 INT8, CPU), ``--bnb4 NAME`` / ``--bnb8 NAME`` (bitsandbytes at load time), ``--gptq NAME`` (GPTQ 4-bit calibrated on
 ``--calibration_examples`` texts of the config's **train** split; decoders and BERT-style encoders).
@@ -30,6 +30,16 @@ drawn; beside it docs/s vs accuracy with its own front) and the same figure, tab
 under ``--out/tensorboard``. ``--repeats N`` times N passes and keeps the median (less noise on a shared machine).
 ``--reference NAME`` adds two columns against variant ``NAME`` (e.g. the unpruned model): ``acc_vs_ref_pt``,
 the accuracy difference in points, and ``speed_vs_ref``, the throughput ratio (samples/s over the reference's).
+
+A causal-LM label-word classifier (``--config`` with an `InstructionDataModule`; `CausalLMClassifier`
+checkpoints or exports) is scored as its validation scores it: the test prompts rendered with each variant's
+tokenizer, constrained scoring of the label words (one prompt pass + KV cache, `cached_label_scores`). Its rows
+add ``scoring_tokens_per_s`` (prompt + label-continuation tokens through those passes per second: the
+``val/scoring_tokens_per_s`` of training) and ``gen_tokens_per_s`` (greedy decoding of exactly ``--gen_tokens`` new
+tokens for the first ``--gen_examples`` test prompts, ``--gen_batch`` at a time: new tokens over the wall time of
+``generate``, prompt pass included); ``tokens_per_s`` stays empty for them. Their warm-up is the longest batch,
+not a whole pass. GPTQ of such a model is calibrated on rendered training prompts, not bare sentences
+(``--gptq_group_size`` must divide the layers' input widths: 64 for SmolLM2's 576).
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ from typing import Optional, Sequence
 COLUMNS = ("variant", "status", "device", "layers", "acc", "macro_f1", "size_mb", "params", "samples_per_s",
            "tokens_per_s", "peak_rss_mb", "rss_model_mb", "peak_gpu_mb")
 REFERENCE_COLUMNS = ("acc_vs_ref_pt", "speed_vs_ref")
+CAUSAL_COLUMNS = ("scoring_tokens_per_s", "gen_tokens_per_s")
 QUANTIZATIONS = ("int8", "bnb4", "bnb8", "gptq4")
 NEEDS_GPU = "not run here (needs GPU)"
 LAYER_KEY = re.compile(r"^model\.(?:\w+\.)*?layers?\.(\d+)\.")
@@ -162,8 +173,19 @@ def _params_on_disk(folder: str) -> Optional[int]:
     return total
 
 
-def load_variant(source: str, quant: Optional[str] = None, device: str = "cpu", calibration=None):
-    """(model in eval mode, tokenizer, parameters of the unquantized model) for one variant."""
+def render_prompts(tokenizer, prompts: dict, texts: Sequence[str]) -> list[str]:
+    """``texts`` as the prompts a label-word classifier reads (``prompts``: `finlight.quantize.ptq.prompt_spec`)."""
+    from finlight.causal_lm.data import PromptRenderer
+
+    renderer = PromptRenderer(tokenizer, prompts["instruction"], prompts["label_words"], prompts["template"],
+                              prompts["use_chat_template"], prompts["answer_prefix"])
+    return [renderer.render(t) for t in texts]
+
+
+def load_variant(source: str, quant: Optional[str] = None, device: str = "cpu", calibration=None,
+                 prompts: Optional[dict] = None, group_size: int = 128):
+    """(model in eval mode, tokenizer, parameters of the unquantized model) for one variant. With ``prompts``
+    (a label-word classifier), GPTQ calibrates on the rendered prompts of the ``calibration`` texts."""
     import torch
 
     from finlight.quantize import ptq as compression
@@ -182,7 +204,11 @@ def load_variant(source: str, quant: Optional[str] = None, device: str = "cpu", 
                                                         device=torch.device(device))
                 return model, tokenizer, _params_on_disk(folder)
             if quant == "gptq4":
-                out = compression.gptq_quantize(folder, os.path.join(scratch, "gptq"), calibration,
+                if prompts is not None:
+                    from transformers import AutoTokenizer
+
+                    calibration = render_prompts(AutoTokenizer.from_pretrained(folder), prompts, calibration)
+                out = compression.gptq_quantize(folder, os.path.join(scratch, "gptq"), calibration, group_size=group_size,
                                                 device=torch.device(device))
                 model, tokenizer = compression.load_quantized_dir(str(out), device=torch.device(device))
                 return model, tokenizer, _params_on_disk(folder)
@@ -199,21 +225,29 @@ def load_variant(source: str, quant: Optional[str] = None, device: str = "cpu", 
 
 # ------------------------------------------------------------------------------------------ measuring
 def measure(source: str, quant: Optional[str], texts: list[str], labels: list[int], max_length: int,
-            batch_size: int, threads: Optional[int], device: str = "cpu", calibration=None, repeats: int = 1) -> dict:
+            batch_size: int, threads: Optional[int], device: str = "cpu", calibration=None, repeats: int = 1,
+            prompts: Optional[dict] = None, generation: tuple[int, int, int] = (32, 16, 8),
+            group_size: int = 128) -> dict:
     """Scores, size and speed of one variant (call it in a fresh process for an honest peak memory); the speed
-    is that of the median of ``repeats`` timed passes over the test set."""
+    is that of the median of ``repeats`` timed passes over the test set. ``prompts`` (`prompt_spec`) marks a
+    label-word classifier (`_measure_causal`; ``generation`` = examples, new tokens, batch of its decoding test)."""
     import torch
 
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _measure(source, quant, texts, labels, max_length, batch_size, device, calibration, repeats)
+        if prompts is not None:
+            return _measure_causal(source, quant, texts, labels, max_length, batch_size, device, calibration,
+                                   repeats, prompts, generation, group_size)
+        return _measure(source, quant, texts, labels, max_length, batch_size, device, calibration, repeats,
+                        group_size)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _measure(source, quant, texts, labels, max_length, batch_size, device, calibration, repeats=1) -> dict:
+def _measure(source, quant, texts, labels, max_length, batch_size, device, calibration, repeats=1,
+             group_size=128) -> dict:
     import numpy as np
     import torch
     from sklearn.metrics import accuracy_score, f1_score
@@ -227,7 +261,7 @@ def _measure(source, quant, texts, labels, max_length, batch_size, device, calib
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     after_imports = _current_rss_mb()
-    model, tokenizer, params = load_variant(source, quant, device, calibration)
+    model, tokenizer, params = load_variant(source, quant, device, calibration, group_size=group_size)
     layers = num_layers(model)
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     batches = []
@@ -252,6 +286,84 @@ def _measure(source, quant, texts, labels, max_length, batch_size, device, calib
             "macro_f1": float(f1_score(labels, predicted, average="macro")),
             "size_mb": saved_size_bytes(model) / 2**20, "params": params,
             "samples_per_s": len(texts) / seconds, "tokens_per_s": tokens / seconds,
+            "peak_rss_mb": _rss_mb(), "rss_model_mb": _current_rss_mb() - after_imports,
+            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None}
+
+
+def _measure_causal(source, quant, texts, labels, max_length, batch_size, device, calibration, repeats, prompts,
+                    generation, group_size=128) -> dict:
+    """`_measure` for a causal-LM label-word classifier: constrained scoring accuracy and speed, and decoding speed."""
+    import numpy as np
+    import torch
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from finlight.causal_lm.classifier import cached_label_scores
+    from finlight.causal_lm.data import PromptRenderer
+    from finlight.errors import FinlightError
+    from finlight.quantize.dynamic_int8 import saved_size_bytes
+    from finlight.prune.surgery import num_layers
+
+    from _timing import timed
+
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    after_imports = _current_rss_mb()
+    model, tokenizer, params = load_variant(source, quant, device, calibration, prompts, group_size)
+    layers = num_layers(model)
+    renderer = PromptRenderer(tokenizer, prompts["instruction"], prompts["label_words"], prompts["template"],
+                              prompts["use_chat_template"], prompts["answer_prefix"])
+    label_tokens = renderer.label_token_ids()
+    sequences, prompt_lengths, _ = renderer.encode(texts, labels, max_length)  # cut as training cut them
+    prompt_ids = [seq[:n] for seq, n in zip(sequences, prompt_lengths)]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def left_padded(rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(prompt_ids[i]) for i in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, i in enumerate(rows):
+            ids[r, width - len(prompt_ids[i]):] = torch.tensor(prompt_ids[i])
+            mask[r, width - len(prompt_ids[i]):] = 1
+        return ids.to(device), mask.to(device)
+
+    order = sorted(range(len(texts)), key=lambda i: -len(prompt_ids[i]))
+    batches = [(rows, *left_padded(rows)) for rows in
+               (order[start:start + batch_size] for start in range(0, len(order), batch_size))]
+    predicted = np.zeros(len(texts), dtype=np.int64)
+
+    def one_pass(which=batches) -> list:
+        out = []
+        for rows, ids, mask in which:
+            scores = cached_label_scores(model, ids, mask, label_tokens)
+            if scores is None:
+                raise FinlightError(f"{source}: the model returns no repeatable KV cache; constrained scoring here "
+                                    "needs one")
+            out.append((rows, scores.argmax(-1)))
+        return out
+
+    with torch.inference_mode():
+        one_pass(batches[:1])  # warm-up: the longest batch (a whole extra pass costs minutes for a decoder on CPU)
+        passes = [timed(one_pass, cuda) for _ in range(max(1, repeats))]
+        seconds, outputs = sorted(passes, key=lambda p: p[0])[(len(passes) - 1) // 2]  # the median pass
+        examples, new_tokens, gen_batch = generation
+        chosen = list(range(min(examples, len(texts))))
+        gen_seconds = gen_count = 0
+        for start in range(0, len(chosen), gen_batch):
+            ids, mask = left_padded(chosen[start:start + gen_batch])
+            elapsed, out = timed(lambda: model.generate(
+                input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens, use_cache=True, pad_token_id=pad), cuda)
+            gen_seconds += elapsed
+            gen_count += (out.shape[1] - ids.shape[1]) * len(ids)
+    for rows, argmax in outputs:
+        predicted[rows] = argmax.cpu().numpy()
+    tokens = sum(int(mask.sum()) for _, _, mask in batches) + len(texts) * sum(len(t) - 1 for t in label_tokens)
+    return {"status": "ok", "device": device, "layers": layers, "acc": float(accuracy_score(labels, predicted)),
+            "macro_f1": float(f1_score(labels, predicted, average="macro")),
+            "size_mb": saved_size_bytes(model) / 2**20, "params": params,
+            "samples_per_s": len(texts) / seconds, "tokens_per_s": None, "scoring_tokens_per_s": tokens / seconds,
+            "gen_tokens_per_s": gen_count / gen_seconds if gen_seconds else None,
             "peak_rss_mb": _rss_mb(), "rss_model_mb": _current_rss_mb() - after_imports,
             "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None}
 
@@ -282,6 +394,16 @@ def test_split(config_path: str) -> tuple[list[str], list[int], int]:
     return split_texts(config_path, "test")
 
 
+def merge_rows(earlier: list[dict], measured: list[dict]) -> list[dict]:
+    """``earlier`` rows in their order, each replaced by the row of the same variant measured now; then the new
+    variants. The reference columns are recomputed afterwards."""
+    now = {r["variant"]: r for r in measured}
+    merged = [now.pop(r["variant"], r) for r in earlier]
+    for row in merged:
+        row.pop("acc_vs_ref_pt", None), row.pop("speed_vs_ref", None)
+    return merged + [r for r in measured if r["variant"] in now]
+
+
 def not_measured(variant: str, status: str) -> dict:
     """A row for a variant that was not (or could not be) measured: listed, with the reason, never dropped."""
     return {**{k: None for k in COLUMNS}, "variant": variant, "status": status}
@@ -301,8 +423,9 @@ def add_reference_columns(rows: list[dict], reference: str) -> list[dict]:
 
 
 def columns(rows: list[dict]) -> tuple[str, ...]:
-    """The table's columns: `COLUMNS`, and the reference columns when the rows carry them."""
-    return COLUMNS + (REFERENCE_COLUMNS if any(k in r for r in rows for k in REFERENCE_COLUMNS) else ())
+    """The table's columns: `COLUMNS`, the causal-LM speed columns and the reference columns when rows carry them."""
+    causal = CAUSAL_COLUMNS if any(r.get(k) is not None for r in rows for k in CAUSAL_COLUMNS) else ()
+    return COLUMNS + causal + (REFERENCE_COLUMNS if any(k in r for r in rows for k in REFERENCE_COLUMNS) else ())
 
 
 # ------------------------------------------------------------------------------------------ writing
@@ -371,7 +494,8 @@ def write_report(rows: list[dict], out: str) -> None:
         writer.add_text("compression/report", table)
         writer.add_figure("compression/pareto", figure)
         for step, row in enumerate(r for r in rows if r["status"] == "ok"):
-            for key in ("acc", "macro_f1", "size_mb", "samples_per_s", "tokens_per_s", "peak_rss_mb", "speed_vs_ref"):
+            for key in ("acc", "macro_f1", "size_mb", "samples_per_s", "tokens_per_s", "scoring_tokens_per_s",
+                        "gen_tokens_per_s", "peak_rss_mb", "speed_vs_ref"):
                 if row.get(key) is not None:
                     writer.add_scalar(f"compression/{key}", row[key], step)
     plt.close(figure)
@@ -386,12 +510,16 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     parser.add_argument("--sapling_run", action="append", default=[],
                         help="[NAME=]DIR: a layer-dropping run's checkpoint folder, one variant per depth it passed "
                              "through (NAME_<depth>of<start>; NAME defaults to sapling)")
+    parser.add_argument("--sapling_depths", type=int, nargs="+", default=None, metavar="DEPTH",
+                        help="only these depths (parts, for a sub-layer run) of each --sapling_run (default: all)")
     parser.add_argument("--gpu_variant", action="append", default=[],
                         help="NAME=CKPT_OR_HF_DIR measured only where CUDA is available")
     for flag, quant in (("--int8", "int8"), ("--bnb4", "bnb4"), ("--bnb8", "bnb8"), ("--gptq", "gptq4")):
         parser.add_argument(flag, dest=quant, action="append", default=[], metavar="NAME",
                             help=f"also measure variant NAME as {quant}")
     parser.add_argument("--calibration_examples", type=int, default=128, help="GPTQ calibration texts (train split)")
+    parser.add_argument("--gptq_group_size", type=int, default=128,
+                        help="GPTQ weights per group; must divide every quantized layer's input width (-1: per column)")
     parser.add_argument("--out", default="bench_out/compression")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None)
@@ -400,13 +528,20 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
     parser.add_argument("--reference", default=None, metavar="NAME",
                         help="add acc_vs_ref_pt (accuracy points) and speed_vs_ref (throughput ratio) against "
                              "variant NAME (e.g. the unpruned model)")
+    parser.add_argument("--keep_rows", default=None, metavar="RESULTS_JSON",
+                        help="rows of an earlier results.json for variants not measured in this run are kept (in their "
+                             "order): remeasure a few variants without redoing e.g. slow GPTQ rows")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
+    parser.add_argument("--gen_examples", type=int, default=32,
+                        help="label-word classifiers: test prompts decoded for gen_tokens_per_s (0: skip)")
+    parser.add_argument("--gen_tokens", type=int, default=16, help="new tokens each of them decodes (exactly)")
+    parser.add_argument("--gen_batch", type=int, default=8, help="prompts decoded at once")
     parser.add_argument("--in_process", action="store_true",
                         help="measure in this process (faster; peak memory is then the running peak of all variants)")
     args = parser.parse_args(argv)
     import torch
 
-    from finlight.quantize.ptq import calibration_sample, split_texts
+    from finlight.quantize.ptq import calibration_sample, prompt_spec, split_texts
     from finlight.errors import FinlightError
 
     has_cuda = torch.cuda.is_available()
@@ -417,7 +552,13 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         unit = "parts" if is_sublayer_run(folder) else "layers"
         depths = best_by_depth(folder, unit)
         top, suffix = max(depths), "" if unit == "layers" else "parts"
+        missing = sorted(set(args.sapling_depths or ()) - set(depths), reverse=True)
+        if missing:
+            parser.error(f"--sapling_depths {missing}: {folder} has no checkpoint at that depth "
+                         f"(it has {sorted(depths, reverse=True)})")
         for d in sorted(depths, reverse=True):
+            if args.sapling_depths and d not in args.sapling_depths:
+                continue
             name = f"{prefix}_{d}of{top}{suffix}"
             if name in variants:
                 parser.error(f"--sapling_run {given}: variant {name} exists already; name the runs apart "
@@ -437,6 +578,9 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         parser.error(f"--reference {args.reference}: no variant with that name (variants: {', '.join(planned)})")
     if args.repeats < 1:
         parser.error(f"--repeats {args.repeats}: must be ≥ 1")
+    if args.gen_examples < 0 or args.gen_tokens < 1 or args.gen_batch < 1:
+        parser.error("--gen_examples must be ≥ 0, --gen_tokens and --gen_batch ≥ 1")
+    prompts = prompt_spec(args.config)
     texts, labels, max_length = test_split(args.config)
     calibration = None
     if args.gptq4:
@@ -452,11 +596,14 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
             where = "cpu" if quant == "int8" else device
             try:
                 result = run(source, quant, texts, labels, max_length, args.batch_size, args.threads, where,
-                             calibration if quant == "gptq4" else None, args.repeats)
+                             calibration if quant == "gptq4" else None, args.repeats, prompts,
+                             (args.gen_examples, args.gen_tokens, args.gen_batch), args.gptq_group_size)
             except (RuntimeError, FinlightError, ValueError, ImportError) as err:
                 rows.append(not_measured(label, f"failed: {str(err).splitlines()[0][:200]}"))
                 continue
             rows.append({"variant": label, **result})
+    if args.keep_rows:
+        rows = merge_rows(json.load(open(args.keep_rows, encoding="utf-8")), rows)
     if args.reference is not None:
         add_reference_columns(rows, args.reference)
     write_report(rows, args.out)

@@ -108,7 +108,7 @@ def test_generate_evaluation_writes_every_answer_verbatim_and_a_generation_speed
     assert metrics["val/unparseable_rate"] == pytest.approx(sum(r["parsed"] is None for r in rows) / len(rows))
 
 
-def test_constrained_evaluation_writes_no_generations(in_tmp, tiny_llama_dir):
+def test_constrained_evaluation_writes_per_example_predictions_not_generations(in_tmp, tiny_llama_dir):
     import lightning.pytorch as pl
 
     dm = datamodule_with(byte_bpe_tokenizer(), write_csv(in_tmp / "d.csv"))
@@ -118,6 +118,25 @@ def test_constrained_evaluation_writes_no_generations(in_tmp, tiny_llama_dir):
     metrics = trainer.validate(module, datamodule=dm, verbose=False)[0]
     assert "val/generation_tokens_per_s" not in metrics and metrics["val/scoring_tokens_per_s"] > 0
     assert not (in_tmp / "val_generations.jsonl").exists()
+    rows = [json.loads(line) for line in (in_tmp / "val_predictions.jsonl").read_text().splitlines()]
+    val_labels = dm.labels["val"]
+    assert [r["index"] for r in rows] == list(range(len(val_labels)))
+    for r in rows:
+        assert r["label"] == dm.label_names[val_labels[r["index"]]]
+        assert len(r["probs"]) == len(dm.label_names) and sum(r["probs"]) == pytest.approx(1, abs=1e-4)
+        assert r["predicted"] == dm.label_names[max(range(len(r["probs"])), key=r["probs"].__getitem__)]
+    accuracy = sum(r["predicted"] == r["label"] for r in rows) / len(rows)
+    assert metrics["val/acc"] == pytest.approx(accuracy, abs=1e-6)
+    assert not (in_tmp / "test_predictions.csv").exists()
+    tested = trainer.test(module, datamodule=dm, verbose=False)[0]
+    import csv
+
+    table = list(csv.DictReader((in_tmp / "test_predictions.csv").open(encoding="utf-8")))
+    test_labels = dm.labels["test"]
+    assert [int(r["index"]) for r in table] == list(range(len(test_labels)))
+    assert [r["label"] for r in table] == [dm.label_names[y] for y in test_labels]
+    assert tested["test/acc"] == pytest.approx(sum(r["label"] == r["predicted"] for r in table) / len(table), abs=1e-6)
+    assert {f"prob_{n}" for n in dm.label_names} <= set(table[0])
 
 
 @pytest.mark.slow

@@ -129,6 +129,10 @@ def test_retests_of_one_checkpoint_count_once(in_tmp):
     write_run("logs/a/version_1", None, {"test/macro_f1": 0.6}, [0] * 10, checkpoint=ckpt)
     with open("logs/a/version_1/latency.json", "w") as handle:
         json.dump({"parameters": 1234, "disk_size_mb": 0.5, "batches": {"1": {"ms_mean": 2.0, "samples_per_s": 500}}}, handle)
+    selected = {"how": "best", "path": ckpt, "monitor": "val/macro_f1", "mode": "max", "value": 0.5, "layers": 2}
+    report = json.load(open("logs/a/version_1/test_metrics.json"))
+    with open("logs/a/version_1/test_metrics.json", "w") as handle:  # `seeds` recorded the choice on this test
+        json.dump({**report, "selected": selected}, handle)
     write_run("logs/a/version_10", None, {"test/macro_f1": 0.6}, [0] * 10, checkpoint=ckpt)
     write_run("logs/a/version_2", 2, {"test/macro_f1": 0.8}, [0] * 10)
     result = build_report(["logs"], "out", resamples=200)
@@ -137,6 +141,9 @@ def test_retests_of_one_checkpoint_count_once(in_tmp):
     (group,) = result["groups"]
     assert group["runs"] == 2 and group["test/macro_f1_mean"] == pytest.approx(0.7)
     assert result["runs"][1]["parameters"] == 1234 and result["runs"][1]["seed"] == 1
+    from finlight.prune.checkpoint_selection import describe_selection
+
+    assert result["runs"][1]["selected"] == describe_selection(selected) and "best" in result["runs"][1]["selected"]
     assert any("count once" in n for n in result["notes"])
 
 

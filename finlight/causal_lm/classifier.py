@@ -71,6 +71,35 @@ def _accepts(model, argument: str) -> bool:
     return argument in inspect.signature(base.forward).parameters
 
 
+def cached_label_scores(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                        label_token_ids: list[list[int]]) -> Optional[torch.Tensor]:
+    """[batch, k] log p(label tokens | prompt) in two passes instead of k: the left-padded prompts once,
+    keeping their KV cache (its last position predicts every label's first token), then the cache repeated
+    k times and all labels' remaining tokens at once (skipped when every label is one token). ``None`` when the
+    model returns no repeatable cache. A function of any causal LM (not only this module's), so that
+    benchmarks/compression_report.py scores exported, pruned and quantized models exactly as validation does."""
+    n, k = len(prompt_ids), len(label_token_ids)
+    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions start at 0
+    keep = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}  # no [n, T, vocab] logits
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True, **keep)
+    if max(len(t) for t in label_token_ids) == 1:
+        return cached_label_log_probs(out.logits[:, -1], None, label_token_ids)
+    # transformers 5.24 renamed past_key_values (5.23) to cache, in and out
+    cache_key = "cache" if _accepts(model, "cache") else "past_key_values"
+    cache = getattr(out, "cache", None)
+    if cache is None:
+        cache = getattr(out, "past_key_values", None)
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        return None
+    inputs = label_continuations(label_token_ids)[0].to(prompt_ids.device).repeat(n, 1)  # row i·k + j
+    cache.batch_repeat_interleave(k)  # row i·k + j: prompt i's keys and values, for label j
+    attention_mask = torch.cat([prompt_mask.repeat_interleave(k, 0), torch.ones_like(inputs)], dim=1)
+    steps = torch.arange(1, inputs.shape[1] + 1, device=prompt_ids.device)
+    logits = model(input_ids=inputs, attention_mask=attention_mask, use_cache=True, **{cache_key: cache},
+                   position_ids=positions[:, -1:].repeat_interleave(k, 0) + steps).logits
+    return cached_label_log_probs(out.logits[:, -1], logits, label_token_ids)
+
+
 class CausalLMClassifier(CausalLMModule, ClassificationModule):
     """Instruction-tuned classification with a causal LM (e.g. Llama-3.2-3B-Instruct + QLoRA).
 
@@ -169,29 +198,8 @@ class CausalLMClassifier(CausalLMModule, ClassificationModule):
         return class_log_probs(scores).exp()
 
     def _cached_sequence_scores(self, batch: dict) -> Optional[torch.Tensor]:
-        """[batch, k] log p(label tokens | prompt) in two passes instead of k: the left-padded prompts once,
-        keeping their KV cache (its last position predicts every label's first token), then the cache repeated
-        k times and all labels' remaining tokens at once. ``None`` when the model returns no repeatable cache."""
-        prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
-        n, k = len(prompt_ids), len(self.label_token_ids)
-        positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions start at 0
-        keep = {"logits_to_keep": 1} if _accepts(self.model, "logits_to_keep") else {}  # no [n, T, vocab] logits
-        out = self.model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
-                         **keep)
-        # transformers 5.24 renamed past_key_values (5.23) to cache, in and out
-        cache_key = "cache" if _accepts(self.model, "cache") else "past_key_values"
-        cache = getattr(out, "cache", None)
-        if cache is None:
-            cache = getattr(out, "past_key_values", None)
-        if cache is None or not hasattr(cache, "batch_repeat_interleave"):
-            return None
-        inputs = label_continuations(self.label_token_ids)[0].to(prompt_ids.device).repeat(n, 1)  # row i·k + j
-        cache.batch_repeat_interleave(k)  # row i·k + j: prompt i's keys and values, for label j
-        attention_mask = torch.cat([prompt_mask.repeat_interleave(k, 0), torch.ones_like(inputs)], dim=1)
-        steps = torch.arange(1, inputs.shape[1] + 1, device=prompt_ids.device)
-        logits = self.model(input_ids=inputs, attention_mask=attention_mask, use_cache=True, **{cache_key: cache},
-                            position_ids=positions[:, -1:].repeat_interleave(k, 0) + steps).logits
-        return cached_label_log_probs(out.logits[:, -1], logits, self.label_token_ids)
+        """[batch, k] log p(label tokens | prompt) in two passes instead of k (`cached_label_scores`)."""
+        return cached_label_scores(self.model, batch["prompt_ids"], batch["prompt_mask"], self.label_token_ids)
 
     def _sequence_scores(self, batch: dict, label_tokens: list[int]) -> torch.Tensor:
         """log p(label tokens | prompt) per row: prompts (left-padded) followed by the label's tokens (one full
@@ -223,7 +231,12 @@ class CausalLMClassifier(CausalLMModule, ClassificationModule):
         metrics = getattr(self, f"{stage}_metrics")
         if self.evaluation == "constrained":
             start = time.perf_counter()
-            metrics.update(self.label_probs(batch, logits), batch["labels"])
+            probs = self.label_probs(batch, logits)
+            metrics.update(probs, batch["labels"])
+            for index, label, row in zip(batch["index"].tolist(), batch["labels"].tolist(), probs.float().tolist()):
+                self._answers.append({"index": index, "label": self.label_names[label],
+                                      "predicted": self.label_names[max(range(len(row)), key=row.__getitem__)],
+                                      "probs": [round(p, 6) for p in row]})
             if self.scoring_mode == "first_token":  # the loss forward is the scoring pass
                 tokens, seconds = int(batch["attention_mask"].sum()), forward_seconds
             else:
@@ -256,13 +269,15 @@ class CausalLMClassifier(CausalLMModule, ClassificationModule):
             self.log(f"{stage}/scoring_tokens_per_s", speed["tokens"] / speed["seconds"], sync_dist=True)
 
     def _log_generation(self, stage: str) -> None:
-        """Generate-and-parse: ``<stage>/generation_tokens_per_s`` (new tokens over the wall time of ``generate``,
-        prompt pass included), ``<stage>/prompt_tokens_per_generate_s``, and every answer verbatim in
-        ``<stage>_generations.jsonl`` in the run folder (index in the split, true label, answer, parsed label or
-        null), so unparseable answers can be read, not just counted."""
+        """Per-example results in the run folder, for paired tests between runs on the same split. Generate-and-
+        parse: ``<stage>/generation_tokens_per_s`` (new tokens over the wall time of ``generate``, prompt pass
+        included), ``<stage>/prompt_tokens_per_generate_s``, and every answer verbatim in
+        ``<stage>_generations.jsonl`` (index in the split, true label, answer, parsed label or null), so unparseable
+        answers can be read, not just counted. Constrained: ``<stage>_predictions.jsonl`` (index, true label,
+        predicted label, the k label probabilities in ``label_names`` order)."""
         speed, self._generation_speed = self._generation_speed, {}
         answers, self._answers = self._answers, []
-        if self.evaluation != "generate" or self._trainer is None or self.trainer.sanity_checking:
+        if self._trainer is None or self.trainer.sanity_checking:
             return
         if speed.get("seconds", 0) > 0:
             self.log(f"{stage}/generation_tokens_per_s", speed["new_tokens"] / speed["seconds"], sync_dist=True)
@@ -272,9 +287,27 @@ class CausalLMClassifier(CausalLMModule, ClassificationModule):
         if folder is None or not self.trainer.is_global_zero or self.trainer.world_size > 1:
             return
         os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, f"{stage}_generations.jsonl"), "w", encoding="utf-8") as handle:
+        name = "generations" if self.evaluation == "generate" else "predictions"
+        with open(os.path.join(folder, f"{stage}_{name}.jsonl"), "w", encoding="utf-8") as handle:
             for row in sorted(answers, key=lambda r: r["index"]):
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        if stage == "test" and self.evaluation == "constrained" and answers:
+            # the encoders' test_predictions.csv (EvaluationReport), which `finlight report` pairs runs on
+            self._write_test_predictions(folder, answers)
+
+    def _write_test_predictions(self, folder: str, answers: list[dict]) -> None:
+        import numpy as np
+
+        from finlight.core.callbacks.collect import SplitPredictions, write_split_predictions
+
+        rows = sorted(answers, key=lambda r: r["index"])
+        names = self.label_names
+        predictions = SplitPredictions(np.array([r["index"] for r in rows]),
+                                       np.array([names.index(r["label"]) for r in rows]),
+                                       np.array([r["probs"] for r in rows], dtype=np.float64))
+        records = getattr(getattr(self.trainer, "datamodule", None), "splits", {}).get("test")
+        texts = [r.text for r in records] if records and hasattr(records[0], "text") else None
+        write_split_predictions(os.path.join(folder, "test_predictions.csv"), predictions, names, texts)
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()

@@ -16,7 +16,14 @@ its validation score was measured on. finlight checkpoints record the backbone c
 pruned checkpoint rebuilds the pruned architecture (``test --ckpt_path``, resume, export).
 
 Each drop is logged (``layer_drop/*`` scalars, the unit as ``layer_drop/dropped`` text) and appended to
-``layer_drop.json`` in the run folder (``"dropped": [2]`` for a layer, ``["attention", 3]`` for a sub-layer).
+``layer_drop.json`` in the run folder (``"dropped": [2]`` for a layer, ``["attention", 3]`` for a sub-layer;
+with ``units_per_drop`` k > 1, the k layer indices ``[2, 5, 7]`` or sub-layers ``[["mlp", 3], ["mlp", 5]]``, each
+in the numbering of the model before that drop).
+
+``units_per_drop`` removes the k lowest-scored units of one scoring at once (as ShortGPT removes its n lowest
+block-influence layers in one shot), never past the target. Why: on a CPU a 30-layer decoder cannot afford an
+epoch per unit (e.g. SmolLM2-135M 30 → 15 layers, or TrimLLM's ~20 MLPs to reach the same parameter count), and
+ablation scores every remaining unit per drop; k per drop divides both costs by k.
 Single-process only: under DDP each rank's wrapper holds the old parameters (refused with a message).
 """
 
@@ -62,13 +69,16 @@ class SuccessiveLayerDrop(pl.Callback):
             left, two per layer at the start) or ``target_param_ratio``; ``target_layers`` is refused.
         monitor / tolerance: restore the last good model and stop when ``monitor`` (higher is better) falls
             more than ``tolerance`` below its best after a drop.
+        units_per_drop: how many of the lowest-scored units one drop removes (ablation / block_influence; the
+            last drop stops at the target). ``angular_distance`` removes its block of ``angular_n`` instead.
     """
 
     def __init__(self, every_n_epochs: int = 1, method: Method = "ablation", calibration_split: str = "val",
                  calibration_examples: int = 64, calibration_metric: CalibrationMetric = "loss",
                  target_layers: Optional[int] = None, target_param_ratio: Optional[float] = None,
                  monitor: str = "val/macro_f1", tolerance: float = 0.05, angular_n: int = 1,
-                 granularity: Granularity = "layer", target_sublayers: Optional[int] = None):
+                 granularity: Granularity = "layer", target_sublayers: Optional[int] = None,
+                 units_per_drop: int = 1):
         if every_n_epochs < 1:
             raise FinlightError(f"SuccessiveLayerDrop.every_n_epochs={every_n_epochs}: must be ≥ 1")
         if granularity not in ("layer", "sublayer"):
@@ -103,6 +113,12 @@ class SuccessiveLayerDrop(pl.Callback):
         if method not in ("ablation", "block_influence", "angular_distance"):
             raise FinlightError(f"SuccessiveLayerDrop.method={method!r}: use ablation, block_influence or "
                                 "angular_distance")
+        if units_per_drop < 1:
+            raise FinlightError(f"SuccessiveLayerDrop.units_per_drop={units_per_drop}: must be ≥ 1")
+        if units_per_drop > 1 and method == "angular_distance":
+            raise FinlightError("SuccessiveLayerDrop.units_per_drop: angular_distance removes a block of angular_n "
+                                "consecutive layers per drop; set angular_n instead (units_per_drop: 1)")
+        self.units_per_drop = units_per_drop
         self.every_n_epochs, self.method, self.angular_n = every_n_epochs, method, angular_n
         self.calibration_split, self.calibration_examples = calibration_split, calibration_examples
         self.calibration_metric = calibration_metric
@@ -192,21 +208,27 @@ class SuccessiveLayerDrop(pl.Callback):
             before = calibration_metric(pl_module, batches, self.calibration_metric)
             if self.granularity == "sublayer":
                 by_unit = self._score_sublayers(pl_module, batches)
-                unit = importance.least_important(by_unit)
-                dropped, score = list(unit), by_unit[unit]
+                ranked = _ranked(by_unit)
+                score = by_unit[ranked[0]]
                 scores = {f"{part}.{index}": value for (part, index), value in by_unit.items()}
             else:
                 by_layer, dropped = self._score(pl_module, batches, before)
                 score, scores = by_layer[dropped[0]], {str(k): v for k, v in by_layer.items()}
+                kind = "repeat" if surgery.family(model) == "albert" else "layer"
+                ranked = [(kind, i) for i in _ranked(by_layer)]
             params_before, layers_before = surgery.parameter_count(model), surgery.num_layers(model)
             parts_before = self._parts(model)
             self._snapshot = offloaded_copy(model)
             validated = self._last_validated  # the snapshot's own scores, if its weights were the ones validated
             self._snapshot_scores = validated[1] if validated and validated[0] == trainer.global_step else None
-            if self.granularity == "sublayer":
-                surgery.drop_unit(model, tuple(dropped))
+            if self.granularity == "layer" and self.method == "angular_distance":
+                surgery.drop_layers(model, dropped)  # the block of angular_n layers goes at once
             else:
-                surgery.drop_layers(model, dropped)
+                gone = self._drop_ranked(model, ranked, self.units_per_drop)
+                if self.granularity == "sublayer":
+                    dropped = list(gone[0]) if len(gone) == 1 else [list(unit) for unit in gone]
+                else:
+                    dropped = [unit[1] for unit in gone]
             after = calibration_metric(pl_module, batches, self.calibration_metric)
         finally:
             model.train(was_training)
@@ -234,6 +256,21 @@ class SuccessiveLayerDrop(pl.Callback):
             if hasattr(writer, "add_text"):  # TensorBoard: which unit went, by name
                 writer.add_text("layer_drop/dropped", json.dumps(dropped), trainer.global_step)
         self._write(trainer)
+
+    def _drop_ranked(self, model, ranked: list, k: int) -> list:
+        """Remove up to ``k`` units of ``ranked`` (cheapest first), one at a time, stopping at the target; returns
+        them in the numbering of the model before this drop. A layer that goes shifts the later indices down."""
+        gone, removed_layers = [], []
+        for kind, index in ranked:
+            if len(gone) == k or (gone and self._reached_target(model)):
+                break
+            current = index - sum(1 for r in removed_layers if r < index)
+            depth = surgery.num_layers(model)
+            surgery.drop_unit(model, (kind, current))
+            if surgery.num_layers(model) < depth:
+                removed_layers.append(index)
+            gone.append((kind, index))
+        return gone
 
     def _parts(self, model) -> Optional[int]:
         """Attention + MLP parts left (sub-layer runs only)."""
@@ -306,6 +343,11 @@ class SuccessiveLayerDrop(pl.Callback):
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, "layer_drop.json"), "w", encoding="utf-8") as handle:
             json.dump({"initial_params": self.initial_params, "drops": self.history}, handle, indent=2)
+
+
+def _ranked(scores: dict) -> list:
+    """The units of ``scores`` from the lowest score up (ties keep their order, as `importance.least_important`)."""
+    return sorted(scores, key=scores.get)
 
 
 def offloaded_copy(model: torch.nn.Module) -> torch.nn.Module:

@@ -63,7 +63,12 @@ def load_bnb(model_dir: str, bits: int = 4, quant_type: str = "nf4", double_quan
     folder = check_model_dir(model_dir)
     options = QuantizationOptions(bits=bits, quant_type=quant_type, double_quant=double_quant,
                                   compute_dtype=compute_dtype)
-    kwargs = quantized_load_kwargs(options, device or default_device(), SEQUENCE_HEADS)
+    # a causal LM's lm_head is tied to the embeddings (SmolLM2, Llama-3.2): bitsandbytes cannot quantize a tied weight
+    # (8-bit: "'Parameter' object has no attribute 'CB'", 4-bit: an AssertionError at the first forward), so it stays
+    # in full precision like the classification heads
+    causal = auto_class(folder).__name__ == "AutoModelForCausalLM"
+    kwargs = quantized_load_kwargs(options, device or default_device(),
+                                   [*SEQUENCE_HEADS, "lm_head"] if causal else SEQUENCE_HEADS)
     try:
         with removal_aware_load(model_dir):
             model = auto_class(folder).from_pretrained(folder, dtype=torch.float32, **kwargs)
@@ -73,9 +78,8 @@ def load_bnb(model_dir: str, bits: int = 4, quant_type: str = "nf4", double_quan
     return portable_4bit(model).eval(), AutoTokenizer.from_pretrained(folder)
 
 
-def split_texts(config_path: str, split: str = "train") -> tuple[list[str], list[int], int]:
-    """Texts, label indices and ``max_length`` of one split made by ``config_path``'s data section (same
-    path, ratios and seed as the runs trained with it)."""
+def config_datamodule(config_path: str, stage: str = "fit"):
+    """(the data module ``config_path``'s data section builds, set up for ``stage``, its ``data.init_args``)."""
     import importlib
 
     import yaml
@@ -87,12 +91,32 @@ def split_texts(config_path: str, split: str = "train") -> tuple[list[str], list
     try:
         init_args = dict(config["data"]["init_args"])
     except (KeyError, TypeError):
-        raise FinlightError(f"{config_path}: no data.init_args section to build the {split} split from") from None
+        raise FinlightError(f"{config_path}: no data.init_args section to build the data splits from") from None
     module, _, name = config["data"].get("class_path", "finlight.core.ClassificationDataModule").rpartition(".")
     datamodule = getattr(importlib.import_module(module), name)(**init_args)  # e.g. InstructionDataModule
-    datamodule.setup("fit" if split in ("train", "val") else "test")
+    datamodule.setup(stage)
+    return datamodule, init_args
+
+
+def split_texts(config_path: str, split: str = "train") -> tuple[list[str], list[int], int]:
+    """Texts, label indices and ``max_length`` of one split made by ``config_path``'s data section (same
+    path, ratios and seed as the runs trained with it)."""
+    datamodule, init_args = config_datamodule(config_path, "fit" if split in ("train", "val") else "test")
     return ([r.text for r in datamodule.splits[split]], list(datamodule.labels[split]),
             int(init_args.get("max_length", 128)))
+
+
+def prompt_spec(config_path: str) -> Optional[dict]:
+    """How ``config_path``'s `InstructionDataModule` renders prompts (instruction, template, chat template or not,
+    label words, answer prefix) as plain values for `finlight.causal_lm.data.PromptRenderer`; None for a data
+    module without prompts (a sequence classifier's). Plain values, so a spawned process can rebuild the renderer
+    with each variant's own tokenizer."""
+    datamodule, _ = config_datamodule(config_path, "test")
+    if not hasattr(type(datamodule), "renderer"):
+        return None
+    return {"instruction": datamodule.instruction, "template": datamodule.template,
+            "use_chat_template": datamodule.use_chat_template, "label_words": list(datamodule.label_words),
+            "answer_prefix": datamodule.answer_prefix}
 
 
 def calibration_sample(texts: Sequence[str], count: int, seed: int = 0) -> list[str]:
@@ -170,7 +194,7 @@ def load_quantized_dir(model_dir: str, device: Optional[torch.device] = None):
     folder = check_model_dir(model_dir)
     config = json.loads((folder / "config.json").read_text())
     kwargs = {"dtype": torch.float32}
-    if "quantization_config" in config:
+    if config.get("quantization_config"):  # GGUF-dequantized models save "quantization_config": null
         device = device or default_device()
         if config["quantization_config"].get("quant_method") == "gptq":
             _gptq_environment()

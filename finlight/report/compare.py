@@ -263,7 +263,8 @@ def _natural_key(path: str):
 
 def merge_retests(runs: Sequence[Run]) -> tuple[list[Run], list[str]]:
     """Several ``test`` runs of one checkpoint are one trained model, not several seeds: keep the newest test
-    (the last folder in natural order), taking latency figures from an older one when the newest has none."""
+    (the last folder in natural order), taking latency figures and the record of how the checkpoint was chosen
+    (``selected``, written by ``seeds``) from an older one when the newest has none."""
     by_checkpoint: dict[str, list[Run]] = {}
     for r in runs:
         key = os.path.normpath(r.checkpoint) if r.checkpoint else r.path
@@ -273,6 +274,7 @@ def merge_retests(runs: Sequence[Run]) -> tuple[list[Run], list[str]]:
         newest = same[-1]
         if len(same) > 1:
             newest.latency = newest.latency or next((r.latency for r in reversed(same) if r.latency), None)
+            newest.selected = newest.selected or next((r.selected for r in reversed(same) if r.selected), None)
             notes.append(f"{len(same)} tests of {key} ({', '.join(r.path for r in same)}) count once: {newest.path}")
         kept.append(newest)
     order = {id(r): i for i, r in enumerate(runs)}

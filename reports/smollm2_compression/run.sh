@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# Issue 18, study 3: layer dropping vs post-training quantization on a real decoder, SmolLM2-135M-Instruct (30 layers
+# × 576, Llama architecture) as a label-word classifier on Financial PhraseBank AllAgree (80/10/10, data.seed 42,
+# max_length 128, a stratified 640-prompt training subsample, validation and test whole), on this CPU.
+#
+#   bash reports/smollm2_compression/run.sh          # from anywhere; it runs in the repository root
+#   DRY_RUN=1 bash reports/smollm2_compression/run.sh   # what is done, what would run
+#
+# Rows (group name = experiment = logs/<name>/), training seed 1 (SEEDS to change; one seed fits this CPU budget):
+#   smollm2_pb_lora     configs/smollm2_phrasebank_labelword_lora.yaml: LoRA r 16 on the 7 projections, one epoch of
+#                       the 640 prompts — the "ceiling" (the seed's QLoRA baseline; its 4-bit forms are measured after
+#                       training: see the config); tested at its best val/macro_f1 checkpoint
+#   smollm2_pb_sapling  configs/smollm2_phrasebank_sapling.yaml: full fine-tuning, 3 layers of lowest block influence
+#                       dropped at the start of epochs 1–5, 30 → 15 (7 epochs of 64 prompts); --select final_depth
+#   smollm2_pb_trimllm  configs/smollm2_phrasebank_trimllm.yaml: full fine-tuning, attention / MLP parts dropped by
+#                       ablation (7 per drop) down to the parameter count of 15 layers; --select final_depth
+# Then `finlight report` of the runs against smollm2_pb_lora (report.md, runs.csv, groups.csv, paired.csv,
+# val_curves.png here; paired McNemar + bootstrap on the test predictions), the LoRA run's tested checkpoint exported
+# merged (logs/smollm2_compression/export_lora_merged), and benchmarks/compression_report.py on the test split, CPU,
+# 2 threads, each variant in a fresh process: the untuned model (zero-shot), the merged LoRA model and its dynamic
+# INT8 / bitsandbytes 8-bit / bitsandbytes 4-bit (NF4) / GPTQ 4-bit forms, the 15-layer model of the SAPLING
+# run (sapling_15of30: its best val/macro_f1 checkpoint at 15 layers, the one `seeds` tested) and that model in
+# GPTQ 4-bit (GPTQ of a pruned model), and the TrimLLM model → compression/ here (report.md, report.csv, results.json, pareto.png). Accuracy is constrained
+# scoring of the label words; scoring_tokens_per_s = prompt scoring; gen_tokens_per_s = greedy decoding of 16 new
+# tokens for 32 test prompts, 8 at a time.
+#
+# GPTQ needs gptqmodel 7.6.0 + optimum 2.3.0, which pin numpy 2.2.6: they live in an overlay venv (GPTQ_PYTHON,
+# default /tmp/s18c_gptq_venv/bin/python: a venv whose .pth adds .venv's site-packages) so .venv is unchanged; made by
+#   python3.11 -m venv /tmp/s18c_gptq_venv
+#   echo "import site; site.addsitedir('$PWD/.venv/lib/python3.11/site-packages')" \
+#       > /tmp/s18c_gptq_venv/lib/python3.11/site-packages/zz_finlight_venv.pth
+#   /tmp/s18c_gptq_venv/bin/python -m pip install -c constraints.txt gptqmodel==7.6.0 optimum==2.3.0
+# Without it the compression table runs with PYTHON and lists the GPTQ rows with their import error.
+#
+# Resumable: a (row, seed) counts as done when logs/<row>/version_N/ holds a finished test of it written after the
+# row's config last changed (reports/done_run.py); done ones are skipped. The export is skipped while it is newer
+# than its checkpoint; the compression table is not measured again while compression/results.json is newer than
+# every checkpoint it reads (FORCE_COMPRESSION=1 measures again). One line per step in logs/smollm2_compression/
+# progress.log. Environment: PYTHON (default .venv/bin/python), SEEDS (default "1"), STAGES (default
+# "train report compression"), ROWS_ONLY (train only these rows), DRY_RUN=1.
+set -uo pipefail
+cd "$(dirname "$0")/../.." || exit 1
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false GPTQMODEL_TORCH_EXTENSIONS_DIR=${GPTQMODEL_TORCH_EXTENSIONS_DIR:-/tmp/s18c_gptq_ext} GPTQMODEL_CPU_WORKERS=2
+PYTHON=${PYTHON:-.venv/bin/python}
+[ -x "$PYTHON" ] || PYTHON=python
+GPTQ_PYTHON=${GPTQ_PYTHON:-/tmp/s18c_gptq_venv/bin/python}
+read -r -a SEED_LIST <<< "${SEEDS:-1}"
+STAGES=${STAGES:-train report compression}
+OUT=reports/smollm2_compression
+WORK=logs/smollm2_compression
+PROGRESS=$WORK/progress.log
+BASELINE=smollm2_pb_lora
+EXPORT=$WORK/export_lora_merged
+ROWS=(
+  "smollm2_pb_lora|smollm2_phrasebank_labelword_lora|best"
+  "smollm2_pb_sapling|smollm2_phrasebank_sapling|final_depth"
+  "smollm2_pb_trimllm|smollm2_phrasebank_trimllm|final_depth"
+)
+mkdir -p "$WORK"
+[ "${DRY_RUN:-0}" = 1 ] && PROGRESS=/dev/null
+
+say() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $*" | tee -a "$PROGRESS"; }
+done_run() { "$PYTHON" reports/done_run.py "$1" "$2" "$3" "$4"; }
+tested_checkpoint() {
+  "$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1] + "/test_metrics.json"))["selected"]["path"])' "$1"
+}
+stage() { [[ " $STAGES " == *" $1 "* ]]; }
+
+run_one() {  # row, config, select, seed
+  local row=$1 stem=$2 how=$3 seed=$4 folder
+  folder=$(done_run "$row" "$stem" "$how" "$seed")
+  if [ -n "$folder" ]; then
+    say "skip  $row seed $seed (done: $folder)"
+    return 0
+  fi
+  local command=("$PYTHON" -m finlight seeds --config "configs/$stem.yaml" --seeds "$seed" --select "$how"
+                 --experiment "$row" --report_dir "$WORK/seeds_$row" --trainer.enable_progress_bar false)
+  local out="$WORK/$row.seed$seed.out"
+  if [ "${DRY_RUN:-0}" = 1 ]; then
+    echo "would run: ${command[*]}"
+    return 0
+  fi
+  say "start $row seed $seed → $out"
+  local start=$SECONDS
+  if "${command[@]}" > "$out" 2>&1; then
+    say "done  $row seed $seed in $((SECONDS - start)) s: $(done_run "$row" "$stem" "$how" "$seed")"
+  else
+    say "FAIL  $row seed $seed after $((SECONDS - start)) s (exit $?); see $out"
+    FAILED=1
+  fi
+}
+
+FAILED=0
+say "study start: seeds ${SEED_LIST[*]}, stages $STAGES, python $PYTHON"
+if stage train; then
+  for spec in "${ROWS[@]}"; do
+    IFS='|' read -r row stem how <<< "$spec"
+    [ -n "${ROWS_ONLY:-}" ] && [[ " $ROWS_ONLY " != *" $row "* ]] && continue
+    for seed in "${SEED_LIST[@]}"; do
+      run_one "$row" "$stem" "$how" "$seed"
+    done
+  done
+fi
+
+RUNS=()
+MISSING=()
+declare -A FIRST
+for spec in "${ROWS[@]}"; do
+  IFS='|' read -r row stem how <<< "$spec"
+  for seed in "${SEED_LIST[@]}"; do
+    folder=$(done_run "$row" "$stem" "$how" "$seed")
+    if [ -n "$folder" ]; then
+      RUNS+=("$folder")
+      [ "$seed" = "${SEED_LIST[0]}" ] && FIRST[$row]=$folder
+    else
+      MISSING+=("$row/seed$seed")
+    fi
+  done
+done
+if [ "${DRY_RUN:-0}" = 1 ]; then
+  stage report && echo "would run: $PYTHON -m finlight report ${RUNS[*]} [+ the runs of: ${MISSING[*]}] --baseline $BASELINE --output_dir $OUT"
+  stage compression && echo "would run: $PYTHON -m finlight export --ckpt_path <$BASELINE's tested checkpoint> --output_dir $EXPORT --merged" &&
+    echo "would run: $GPTQ_PYTHON benchmarks/compression_report.py … (seed ${SEED_LIST[0]}'s checkpoints) --out $OUT/compression"
+  exit 0
+fi
+if [ ${#MISSING[@]} -gt 0 ]; then
+  say "no report / compression table: missing ${MISSING[*]} (rerun this script; finished runs are skipped)"
+  exit 1
+fi
+
+# runs tested before causal-LM tests wrote test_predictions.csv get one more `test` of the same checkpoint (the same
+# metrics, in a new folder of the row); `finlight report` counts both as one run and pairs on the newer one
+retest() {  # run folder, config stem → the folder whose test_predictions.csv the report pairs on
+  local folder=$1 stem=$2 row ckpt newest f
+  [ -f "$folder/test_predictions.csv" ] && { echo "$folder"; return; }
+  row=$(basename "$(dirname "$folder")")
+  ckpt=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1] + "/test_metrics.json"))["checkpoint"])' "$folder")
+  for f in $(ls -d logs/"$row"/version_* | sort -t_ -k3 -rn); do  # newest version first: an earlier retest
+    [ -f "$f/test_predictions.csv" ] && grep -qF "\"checkpoint\": \"$ckpt\"" "$f/test_metrics.json" && { echo "$f"; return; }
+  done
+  if "$PYTHON" -m finlight test --config "configs/$stem.yaml" --ckpt_path "$ckpt" --experiment "$row" \
+      --trainer.enable_progress_bar false > "$WORK/retest_$row.out" 2>&1; then
+    newest=$(ls -d logs/"$row"/version_* | sort -t_ -k3 -n | tail -n 1)
+    say "retested $folder → $newest" >&2
+    echo "$newest"
+  else
+    say "FAIL  retest of $folder; see $WORK/retest_$row.out" >&2
+  fi
+}
+
+if stage report; then
+  PAIRED=()
+  for spec in "${ROWS[@]}"; do
+    IFS='|' read -r row stem how <<< "$spec"
+    for folder in "${RUNS[@]}"; do
+      [[ $folder == logs/$row/* ]] || continue
+      paired=$(retest "$folder" "$stem")
+      [ -n "$paired" ] && [ "$paired" != "$folder" ] && PAIRED+=("$paired")
+    done
+  done
+  RUNS+=("${PAIRED[@]}")
+  say "report of ${#RUNS[@]} runs against $BASELINE → $OUT/report.md"
+  if "$PYTHON" -m finlight report "${RUNS[@]}" --baseline "$BASELINE" --output_dir "$OUT" > "$WORK/report.out" 2>&1; then
+    say "report done: $OUT/report.md"
+  else
+    say "FAIL  report; see $WORK/report.out"
+    FAILED=1
+  fi
+fi
+
+if stage compression; then
+  lora=$(tested_checkpoint "${FIRST[smollm2_pb_lora]}")
+  sapling=$(tested_checkpoint "${FIRST[smollm2_pb_sapling]}")
+  trimllm=$(tested_checkpoint "${FIRST[smollm2_pb_trimllm]}")
+  if [ -f "$EXPORT/config.json" ] && [ "$EXPORT/config.json" -nt "$lora" ]; then
+    say "skip  export ($EXPORT is newer than $lora)"
+  else
+    rm -rf "$EXPORT"
+    say "export $lora (merged) → $EXPORT"
+    "$PYTHON" -m finlight export --ckpt_path "$lora" --output_dir "$EXPORT" --merged > "$WORK/export.out" 2>&1 ||
+      { say "FAIL  export; see $WORK/export.out"; exit 1; }
+  fi
+  fresh=1
+  for source in "$EXPORT/config.json" "$(dirname "$sapling")"/*.ckpt "$trimllm"; do
+    [ "$OUT/compression/results.json" -nt "$source" ] || fresh=0
+  done
+  if [ "$fresh" = 1 ] && [ "${FORCE_COMPRESSION:-0}" != 1 ]; then
+    say "skip  compression table ($OUT/compression/results.json is newer than its checkpoints)"
+  else
+    python_for_table=$PYTHON
+    "$GPTQ_PYTHON" -c "import gptqmodel, optimum.gptq" > /dev/null 2>&1 && python_for_table=$GPTQ_PYTHON
+    say "compression table (python $python_for_table) → $OUT/compression/report.md"
+    if "$python_for_table" benchmarks/compression_report.py --config configs/smollm2_phrasebank_labelword_lora.yaml \
+        --variant "zeroshot=models/smollm2-135m-instruct" \
+        --variant "lora=$EXPORT" --int8 lora --bnb8 lora --bnb4 lora --gptq lora \
+        --sapling_run "sapling=$(dirname "$sapling")" --sapling_depths 15 --gptq sapling_15of30 \
+        --variant "trimllm=$trimllm" \
+        --calibration_examples 128 --gptq_group_size 64 --reference lora --device cpu --threads 2 --repeats 1 --batch_size 32 \
+        --gen_examples 32 --gen_tokens 16 --gen_batch 8 --out "$OUT/compression" > "$WORK/compression.out" 2>&1; then
+      say "compression table done: $OUT/compression/report.md"
+    else
+      say "FAIL  compression table; see $WORK/compression.out"
+      FAILED=1
+    fi
+  fi
+fi
+[ "$FAILED" = 0 ] && say "study done: $OUT/report.md, $OUT/compression/report.md"
+[ "$FAILED" = 0 ]
