@@ -37,9 +37,7 @@
 # done and what would run, run nothing).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-PYTHON=${PYTHON:-.venv/bin/python}
-[ -x "$PYTHON" ] || PYTHON=python
+source reports/study_lib.sh  # HF_HUB_OFFLINE, PYTHON, say, tested_checkpoint
 read -r -a SEED_LIST <<< "${SEEDS:-1 2 3}"
 OUT=reports/dendrites_minilm
 WORK=logs/dendrites_minilm
@@ -64,15 +62,10 @@ fi
 mkdir -p "$WORK"
 [ "${DRY_RUN:-0}" = 1 ] && PROGRESS=/dev/null
 
-say() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $*" | tee -a "$PROGRESS"; }
 
 # The newest finished run folder of row $1 (config $2) with seed $3, or nothing (reports/done_run.py).
 done_run() { "$PYTHON" reports/done_run.py "$1" "$2" best "$3"; }
 
-# The checkpoint a finished run folder $1 tested (what `seeds` recorded under "selected").
-tested_checkpoint() {
-  "$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1] + "/test_metrics.json"))["selected"]["path"])' "$1"
-}
 
 # Whether study 1's runner is fitting the baseline with seed $1 right now (see reports/sapling_minilm/run.sh).
 study1_running() {

@@ -23,9 +23,7 @@
 # report waits for all), DRY_RUN=1 (say what is done and what would run, run nothing).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-PYTHON=${PYTHON:-.venv/bin/python}
-[ -x "$PYTHON" ] || PYTHON=python
+source reports/study_lib.sh  # HF_HUB_OFFLINE, PYTHON, say, tested_checkpoint
 read -r -a SEED_LIST <<< "${SEEDS:-1 2 3}"
 OUT=reports/distill_minilm
 WORK=logs/distill_minilm
@@ -44,7 +42,6 @@ STAGE2=(--trainer.max_epochs 1 --model.init_args.loss ce --model.init_args.teach
 mkdir -p "$WORK"
 [ "${DRY_RUN:-0}" = 1 ] && PROGRESS=/dev/null
 
-say() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $*" | tee -a "$PROGRESS"; }
 wanted() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 done_run() { "$PYTHON" reports/done_run.py "$1" "$2" any "$3"; }  # experiment, config stem, seed
 selected_ckpt() { "$PYTHON" -c "import json,sys; print(json.load(open(sys.argv[1]))['selected']['path'])" "$1/test_metrics.json"; }

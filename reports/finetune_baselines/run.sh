@@ -23,9 +23,7 @@
 # and what would run, run nothing).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-PYTHON=${PYTHON:-.venv/bin/python}
-[ -x "$PYTHON" ] || PYTHON=python
+source reports/study_lib.sh  # HF_HUB_OFFLINE, PYTHON, say, tested_checkpoint
 read -r -a SEED_LIST <<< "${SEEDS:-1 2 3}"
 OUT=reports/finetune_baselines
 WORK=logs/finetune_baselines
@@ -36,7 +34,6 @@ TFIDF=tfidf_phrasebank
 mkdir -p "$WORK"
 [ "${DRY_RUN:-0}" = 1 ] && PROGRESS=/dev/null
 
-say() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $*" | tee -a "$PROGRESS"; }
 
 # The newest finished run folder of config $1 with seed $2, or nothing (reports/done_run.py).
 done_run() { "$PYTHON" reports/done_run.py "$1" "$1" any "$2"; }

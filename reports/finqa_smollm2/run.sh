@@ -18,9 +18,7 @@
 # 2048, the config's), DRY_RUN=1 (say what is done and what would run).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-PYTHON=${PYTHON:-.venv/bin/python}
-[ -x "$PYTHON" ] || PYTHON=python
+source reports/study_lib.sh  # HF_HUB_OFFLINE, PYTHON, say, tested_checkpoint
 EVAL_SUBSAMPLE=${EVAL_SUBSAMPLE:-40}
 CONTEXT=${CONTEXT:-2048}
 CONFIG=configs/finqa_eval.yaml
@@ -31,7 +29,6 @@ mkdir -p "$WORK"
 [ "${DRY_RUN:-0}" = 1 ] && PROGRESS=/dev/null
 SUB_ARGS=()
 [ "$EVAL_SUBSAMPLE" = all ] || SUB_ARGS=(--data.init_args.eval_subsample "$EVAL_SUBSAMPLE")
-say() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $*" | tee -a "$PROGRESS"; }
 
 done_folder() {  # newest finished run with these settings, or nothing
   local found="" want_sub=$EVAL_SUBSAMPLE

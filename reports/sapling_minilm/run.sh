@@ -35,9 +35,7 @@
 # the first), DRY_RUN=1 (say what is done and what would run, run nothing).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-PYTHON=${PYTHON:-.venv/bin/python}
-[ -x "$PYTHON" ] || PYTHON=python
+source reports/study_lib.sh  # HF_HUB_OFFLINE, PYTHON, say, tested_checkpoint
 read -r -a SEED_LIST <<< "${SEEDS:-1 2 3}"
 OUT=reports/sapling_minilm
 WORK=logs/sapling_minilm
@@ -53,15 +51,10 @@ ROWS=(
 mkdir -p "$WORK"
 [ "${DRY_RUN:-0}" = 1 ] && PROGRESS=/dev/null
 
-say() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $*" | tee -a "$PROGRESS"; }
 
 # The newest finished run folder of row $1 (config $2, selection $3) with seed $4, or nothing (reports/done_run.py).
 done_run() { "$PYTHON" reports/done_run.py "$1" "$2" "$3" "$4"; }
 
-# The checkpoint a finished run folder $1 tested (what `seeds` recorded under "selected").
-tested_checkpoint() {
-  "$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1] + "/test_metrics.json"))["selected"]["path"])' "$1"
-}
 
 # Whether study 1's runner is fitting the baseline with seed $1 right now (its progress log's last line about it is a
 # "start" and its console output changed in the last 15 minutes): then this study waits for that run instead of

@@ -40,9 +40,8 @@
 # "train report compression"), ROWS_ONLY (train only these rows), DRY_RUN=1.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false GPTQMODEL_TORCH_EXTENSIONS_DIR=${GPTQMODEL_TORCH_EXTENSIONS_DIR:-/tmp/s18c_gptq_ext} GPTQMODEL_CPU_WORKERS=2
-PYTHON=${PYTHON:-.venv/bin/python}
-[ -x "$PYTHON" ] || PYTHON=python
+source reports/study_lib.sh  # HF_HUB_OFFLINE, PYTHON, say, tested_checkpoint
+export GPTQMODEL_TORCH_EXTENSIONS_DIR=${GPTQMODEL_TORCH_EXTENSIONS_DIR:-/tmp/s18c_gptq_ext} GPTQMODEL_CPU_WORKERS=2
 GPTQ_PYTHON=${GPTQ_PYTHON:-/tmp/s18c_gptq_venv/bin/python}
 read -r -a SEED_LIST <<< "${SEEDS:-1}"
 STAGES=${STAGES:-train report compression}
@@ -59,11 +58,7 @@ ROWS=(
 mkdir -p "$WORK"
 [ "${DRY_RUN:-0}" = 1 ] && PROGRESS=/dev/null
 
-say() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $*" | tee -a "$PROGRESS"; }
 done_run() { "$PYTHON" reports/done_run.py "$1" "$2" "$3" "$4"; }
-tested_checkpoint() {
-  "$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1] + "/test_metrics.json"))["selected"]["path"])' "$1"
-}
 stage() { [[ " $STAGES " == *" $1 "* ]]; }
 
 run_one() {  # row, config, select, seed

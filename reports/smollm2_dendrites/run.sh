@@ -23,9 +23,7 @@
 # the probe), DRY_RUN=1.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-PYTHON=${PYTHON:-.venv/bin/python}
-[ -x "$PYTHON" ] || PYTHON=python
+source reports/study_lib.sh  # HF_HUB_OFFLINE, PYTHON, say, tested_checkpoint
 read -r -a SEED_LIST <<< "${SEEDS:-1 2}"
 OUT=reports/smollm2_dendrites
 WORK=logs/smollm2_dendrites
@@ -41,11 +39,7 @@ DRY=${DRY_RUN:-0}
 [ "$DRY" = 1 ] && PROGRESS=/dev/null
 FAILED=0
 
-say() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $*" | tee -a "$PROGRESS"; }
 done_run() { "$PYTHON" reports/done_run.py "$1" "$1" best "$2"; }  # row (= config stem), seed
-tested_checkpoint() {
-  "$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1] + "/test_metrics.json"))["selected"]["path"])' "$1"
-}
 step() {  # name, command…: run it unless DRY_RUN; start / done / FAIL in the progress log
   local name=$1
   shift

@@ -23,9 +23,7 @@
 # none; nf4 = 4-bit NF4 base, double quantisation, bf16 compute), DRY_RUN=1 (say what is done and what would run).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-PYTHON=${PYTHON:-.venv/bin/python}
-[ -x "$PYTHON" ] || PYTHON=python
+source reports/study_lib.sh  # HF_HUB_OFFLINE, PYTHON, say, tested_checkpoint
 read -r -a SEED_LIST <<< "${SEEDS-1 2}"  # SEEDS="" runs the zero-shot rows only
 SUBSAMPLE=${SUBSAMPLE:-1024}
 QUANT=${QUANT:-none}
@@ -43,7 +41,6 @@ elif [ "$QUANT" != none ]; then
 fi
 COMMON=(--trainer.enable_progress_bar false)
 
-say() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $*" | tee -a "$PROGRESS"; }
 done_val() { "$PYTHON" reports/done_run.py "$1" "$STEM" any "$2" val; }  # row, seed
 
 # newest last.ckpt of a finished fit with seed $1 (its run folder's config.yaml has that seed), or nothing

@@ -32,9 +32,7 @@
 # nothing).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-PYTHON=${PYTHON:-.venv/bin/python}
-[ -x "$PYTHON" ] || PYTHON=python
+source reports/study_lib.sh  # HF_HUB_OFFLINE, PYTHON, say, tested_checkpoint
 read -r -a SEED_LIST <<< "${SEEDS:-1 2 3}"
 read -r -a MINILM_SEED_LIST <<< "${MINILM_SEEDS:-${SEEDS:-1 2 3}}"
 read -r -a LR_LIST <<< "${LR_GRID:-2e-5 1e-4 5e-4 1e-3 2e-3}"
@@ -53,7 +51,6 @@ DRY=${DRY_RUN:-0}
 mkdir -p "$WORK"
 [ "$DRY" = 1 ] && PROGRESS=/dev/null
 
-say() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $*" | tee -a "$PROGRESS"; }
 done_run() { "$PYTHON" reports/done_run.py "$1" "$1" any "$2"; }  # newest finished run folder, or nothing
 seeds_of() { if [ "$1" = "$MINILM" ]; then echo "${MINILM_SEED_LIST[*]}"; else echo "${SEED_LIST[*]}"; fi; }
 FAILED=0
