@@ -1,40 +1,62 @@
 #!/usr/bin/env bash
-# Issue 18, study 4: FinQA zero-shot with a real LLM (SmolLM2-135M-Instruct) through configs/finqa_eval.yaml (CPU).
+# Issue 18, study 4: FinQA with a real LLM (SmolLM2-135M-Instruct) on CPU, before and after LoRA.
 #
 #   bash reports/finqa_smollm2/run.sh          # from anywhere; it runs in the repository root
 #
-# One row: the untuned instruct model asked for a FinQA program (data.target program), greedy decoding of at most
-# 64 new tokens, context cut to CONTEXT tokens (table first), scored by executing the program: test/exec_acc,
-# test/prog_acc (+ symbolic), test/unparseable_rate, test/nonexecutable_rate, generation tokens/s. The scored file is
-# the FinQA dev subset (../shared/data/finqa/dev_200.json) passed as data.test_path, so `test` writes
-# test_generations.jsonl (question by question); a seeded random sample of EVAL_SUBSAMPLE of its 200 questions
-# (data.eval_subsample, seed 42) when the CPU cannot afford all of them.
+# Rows (each scored by executing the generated program: exec_acc, prog_acc (+ symbolic), unparseable_rate,
+# nonexecutable_rate, generation tokens/s; question by question in test_generations.jsonl):
+#   finqa_smollm2_dev       the untuned instruct model on a seeded sample of EVAL_SUBSAMPLE dev questions
+#                           (configs/finqa_eval.yaml; dev_200.json passed as data.test_path, so metrics are test/*).
+#   finqa_smollm2_zeroshot  the untuned model on the test sample of configs/finqa_smollm2_lora.yaml (32 seeded
+#                           questions of test_500_simplified.json): the "before" row of the paired comparison.
+#   finqa_smollm2_lora      LoRA on the 100 train questions (configs/finqa_smollm2_lora.yaml, 3 epochs), one
+#                           `finlight seeds --select best` per seed in SEEDS: val/exec_acc on 32 dev questions picks
+#                           the epoch, the test sample is decoded once.
+# Then collect.py: results.md / results.csv / paired.csv here (McNemar on per-question execution correctness,
+# each seed against zero-shot and seed against seed).
 #
-# Resumable: done when logs/finqa_smollm2_dev/version_N/test_metrics.json exists, newer than the config, written with
-# the same subsample and context (read back from its config.yaml). Console: logs/finqa_smollm2/test.out; one line per
+# Resumable: a row is done when logs/<row>/version_N/test_metrics.json exists, newer than its config, with the same
+# subsample and context (the dev row) or seed (the LoRA rows). Console: logs/finqa_smollm2/<step>.out; one line per
 # step in logs/finqa_smollm2/progress.log.
 #
-# Environment: PYTHON (default .venv/bin/python), EVAL_SUBSAMPLE (default 40; "all" for the 200), CONTEXT (default
-# 2048, the config's), DRY_RUN=1 (say what is done and what would run).
+# Environment: PYTHON (default .venv/bin/python), SEEDS (default "1 2"; "" = the zero-shot rows only),
+# EVAL_SUBSAMPLE (dev row, default 32, the LoRA runs' validation sample; "all" for the 200), CONTEXT (dev row, default 2048), DRY_RUN=1.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 source reports/study_lib.sh  # HF_HUB_OFFLINE, PYTHON, say, tested_checkpoint
-EVAL_SUBSAMPLE=${EVAL_SUBSAMPLE:-40}
+read -r -a SEED_LIST <<< "${SEEDS-1 2}"
+EVAL_SUBSAMPLE=${EVAL_SUBSAMPLE:-32}
 CONTEXT=${CONTEXT:-2048}
-CONFIG=configs/finqa_eval.yaml
-ROW=finqa_smollm2_dev
+EVAL_CONFIG=configs/finqa_eval.yaml
+LORA=finqa_smollm2_lora
 WORK=logs/finqa_smollm2
 PROGRESS=$WORK/progress.log
 mkdir -p "$WORK"
-[ "${DRY_RUN:-0}" = 1 ] && PROGRESS=/dev/null
-SUB_ARGS=()
-[ "$EVAL_SUBSAMPLE" = all ] || SUB_ARGS=(--data.init_args.eval_subsample "$EVAL_SUBSAMPLE")
+DRY=${DRY_RUN:-0}
+[ "$DRY" = 1 ] && PROGRESS=/dev/null
+COMMON=(--trainer.enable_progress_bar false)
+FAILED=0
 
-done_folder() {  # newest finished run with these settings, or nothing
+step() {  # name, command…: run it unless DRY_RUN; start / done / FAIL in the progress log
+  local name=$1
+  shift
+  if [ "$DRY" = 1 ]; then echo "would run: $*"; return 0; fi
+  say "start $name → $WORK/$name.out"
+  local start=$SECONDS
+  if "$@" > "$WORK/$name.out" 2>&1; then
+    say "done  $name in $((SECONDS - start)) s"
+  else
+    say "FAIL  $name after $((SECONDS - start)) s; see $WORK/$name.out"
+    FAILED=1
+    return 1
+  fi
+}
+
+dev_done() {  # newest finished dev row with this subsample and context, or nothing
   local found="" want_sub=$EVAL_SUBSAMPLE
   [ "$want_sub" = all ] && want_sub=null
-  for folder in logs/$ROW/version_*; do
-    [ -f "$folder/test_metrics.json" ] && [ "$folder/test_metrics.json" -nt "$CONFIG" ] || continue
+  for folder in logs/finqa_smollm2_dev/version_*; do
+    [ -f "$folder/test_metrics.json" ] && [ "$folder/test_metrics.json" -nt "$EVAL_CONFIG" ] || continue
     "$PYTHON" - "$folder/config.yaml" "$want_sub" "$CONTEXT" <<'PY' || continue
 import sys, yaml
 args = yaml.safe_load(open(sys.argv[1]))["data"]["init_args"]
@@ -46,22 +68,55 @@ PY
   echo "$found"
 }
 
-folder=$(done_folder)
+zeroshot_done() {  # newest zero-shot test of the LoRA config written after the config last changed, or nothing
+  local found=""
+  for folder in logs/finqa_smollm2_zeroshot/version_*; do
+    [ -f "$folder/test_metrics.json" ] && [ "$folder/test_metrics.json" -nt "configs/$LORA.yaml" ] && found=$folder
+  done
+  echo "$found"
+}
+
+say "study start: seeds ${SEED_LIST[*]}, dev subsample $EVAL_SUBSAMPLE, context $CONTEXT, python $PYTHON, cpu: $(lscpu | grep -o 'avx512_bf16\|avx512_vnni\|amx_bf16\|avx2' | sort -u | tr '\n' ' ')"
+
+# --- zero-shot on dev (configs/finqa_eval.yaml)
+SUB_ARGS=()
+[ "$EVAL_SUBSAMPLE" = all ] || SUB_ARGS=(--data.init_args.eval_subsample "$EVAL_SUBSAMPLE")
+folder=$(dev_done)
 if [ -n "$folder" ]; then
-  say "skip  $ROW (done: $folder)"
-  exit 0
-fi
-CMD=("$PYTHON" -m finlight test --config "$CONFIG" --experiment "$ROW"
-     --model.init_args.backbone smollm2-135m-instruct --model.init_args.dtype float32
-     --trainer.accelerator cpu --trainer.precision bf16-mixed --trainer.enable_progress_bar false
-     --data.init_args.test_path ../shared/data/finqa/dev_200.json --data.init_args.context_tokens "$CONTEXT"
-     "${SUB_ARGS[@]}")
-if [ "${DRY_RUN:-0}" = 1 ]; then echo "would run: ${CMD[*]}"; exit 0; fi
-say "start $ROW (subsample $EVAL_SUBSAMPLE, context $CONTEXT) → $WORK/test.out"
-start=$SECONDS
-if "${CMD[@]}" > "$WORK/test.out" 2>&1; then
-  say "done  $ROW in $((SECONDS - start)) s: $(done_folder)"
+  say "skip  finqa_smollm2_dev (done: $folder)"
 else
-  say "FAIL  $ROW after $((SECONDS - start)) s; see $WORK/test.out"
-  exit 1
+  step finqa_smollm2_dev "$PYTHON" -m finlight test --config "$EVAL_CONFIG" --experiment finqa_smollm2_dev \
+    --model.init_args.backbone smollm2-135m-instruct --model.init_args.dtype float32 \
+    --trainer.accelerator cpu --trainer.precision bf16-mixed \
+    --data.init_args.test_path ../shared/data/finqa/dev_200.json --data.init_args.context_tokens "$CONTEXT" \
+    "${SUB_ARGS[@]}" "${COMMON[@]}"
 fi
+
+# --- zero-shot on the test sample, the paired "before" row
+folder=$(zeroshot_done)
+if [ -n "$folder" ]; then
+  say "skip  finqa_smollm2_zeroshot (done: $folder)"
+else
+  step finqa_smollm2_zeroshot "$PYTHON" -m finlight test --config "configs/$LORA.yaml" \
+    --experiment finqa_smollm2_zeroshot "${COMMON[@]}"
+fi
+
+# --- LoRA, seed by seed
+for seed in "${SEED_LIST[@]}"; do
+  folder=$("$PYTHON" reports/done_run.py "$LORA" "$LORA" best "$seed")
+  if [ -n "$folder" ]; then say "skip  $LORA seed $seed (done: $folder)"; continue; fi
+  step "$LORA.seed$seed" "$PYTHON" -m finlight seeds --config "configs/$LORA.yaml" --seeds "$seed" --select best \
+    --experiment "$LORA" --report_dir "$WORK/seeds_$LORA" "${COMMON[@]}" || break
+done
+
+# --- results and paired tests
+if [ "$DRY" = 1 ]; then
+  echo "would run: $PYTHON reports/finqa_smollm2/collect.py (results.md, results.csv, paired.csv)"
+elif "$PYTHON" reports/finqa_smollm2/collect.py > "$WORK/collect.out" 2>&1; then
+  say "results: reports/finqa_smollm2/results.md"
+else
+  say "FAIL  collect; see $WORK/collect.out"
+  FAILED=1
+fi
+say "study end (failed: $FAILED)"
+[ "$FAILED" = 0 ]

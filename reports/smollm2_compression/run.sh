@@ -14,6 +14,10 @@
 #                       dropped at the start of epochs 1–5, 30 → 15 (7 epochs of 64 prompts); --select final_depth
 #   smollm2_pb_trimllm  configs/smollm2_phrasebank_trimllm.yaml: full fine-tuning, attention / MLP parts dropped by
 #                       ablation (7 per drop) down to the parameter count of 15 layers; --select final_depth
+#   smollm2_pb_sapling_from_lora, smollm2_pb_trimllm_from_lora
+#                       the same two recipes started from the fine-tuned ceiling (the LoRA run's tested checkpoint,
+#                       merged: --model.init_args.backbone logs/smollm2_compression/export_lora_merged) instead of
+#                       the untuned instruct model: prune the classifier you have, the seed's setting
 # Then `finlight report` of the runs against smollm2_pb_lora (report.md, runs.csv, groups.csv, paired.csv,
 # val_curves.png here; paired McNemar + bootstrap on the test predictions), the LoRA run's tested checkpoint exported
 # merged (logs/smollm2_compression/export_lora_merged), and benchmarks/compression_report.py on the test split, CPU,
@@ -22,7 +26,8 @@
 # run (sapling_15of30: its best val/macro_f1 checkpoint at 15 layers, the one `seeds` tested) and that model in
 # GPTQ 4-bit (GPTQ of a pruned model), and the TrimLLM model → compression/ here (report.md, report.csv, results.json, pareto.png). Accuracy is constrained
 # scoring of the label words; scoring_tokens_per_s = prompt scoring; gen_tokens_per_s = greedy decoding of 16 new
-# tokens for 32 test prompts, 8 at a time.
+# tokens for 32 test prompts, 8 at a time. The two *_from_lora models are measured the same way beside the merged
+# LoRA model → compression_from_lora/ here.
 #
 # GPTQ needs gptqmodel 7.6.0 + optimum 2.3.0, which pin numpy 2.2.6: they live in an overlay venv (GPTQ_PYTHON,
 # default /tmp/s18c_gptq_venv/bin/python: a venv whose .pth adds .venv's site-packages) so .venv is unchanged; made by
@@ -54,6 +59,8 @@ ROWS=(
   "smollm2_pb_lora|smollm2_phrasebank_labelword_lora|best"
   "smollm2_pb_sapling|smollm2_phrasebank_sapling|final_depth"
   "smollm2_pb_trimllm|smollm2_phrasebank_trimllm|final_depth"
+  "smollm2_pb_sapling_from_lora|smollm2_phrasebank_sapling|final_depth|lora"
+  "smollm2_pb_trimllm_from_lora|smollm2_phrasebank_trimllm|final_depth|lora"
 )
 mkdir -p "$WORK"
 [ "${DRY_RUN:-0}" = 1 ] && PROGRESS=/dev/null
@@ -61,8 +68,24 @@ mkdir -p "$WORK"
 done_run() { "$PYTHON" reports/done_run.py "$1" "$2" "$3" "$4"; }
 stage() { [[ " $STAGES " == *" $1 "* ]]; }
 
-run_one() {  # row, config, select, seed
-  local row=$1 stem=$2 how=$3 seed=$4 folder
+# the LoRA ceiling's tested checkpoint (first seed) merged into a plain model directory at $EXPORT, unless it is newer
+ensure_export() {
+  local folder lora
+  folder=$(done_run smollm2_pb_lora smollm2_phrasebank_labelword_lora best "${SEED_LIST[0]}")
+  [ -n "$folder" ] || { say "FAIL  no finished smollm2_pb_lora seed ${SEED_LIST[0]} to export"; return 1; }
+  lora=$(tested_checkpoint "$folder")
+  if [ -f "$EXPORT/config.json" ] && [ "$EXPORT/config.json" -nt "$lora" ]; then
+    say "skip  export ($EXPORT is newer than $lora)"
+    return 0
+  fi
+  rm -rf "$EXPORT"
+  say "export $lora (merged) → $EXPORT"
+  "$PYTHON" -m finlight export --ckpt_path "$lora" --output_dir "$EXPORT" --merged > "$WORK/export.out" 2>&1 ||
+    { say "FAIL  export; see $WORK/export.out"; return 1; }
+}
+
+run_one() {  # row, config, select, seed, start ("lora": from the merged ceiling, else the untuned model)
+  local row=$1 stem=$2 how=$3 seed=$4 start_from=${5:-} folder
   folder=$(done_run "$row" "$stem" "$how" "$seed")
   if [ -n "$folder" ]; then
     say "skip  $row seed $seed (done: $folder)"
@@ -70,6 +93,10 @@ run_one() {  # row, config, select, seed
   fi
   local command=("$PYTHON" -m finlight seeds --config "configs/$stem.yaml" --seeds "$seed" --select "$how"
                  --experiment "$row" --report_dir "$WORK/seeds_$row" --trainer.enable_progress_bar false)
+  if [ "$start_from" = lora ]; then
+    command+=(--model.init_args.backbone "$EXPORT")
+    [ "${DRY_RUN:-0}" = 1 ] || ensure_export || { FAILED=1; return 1; }
+  fi
   local out="$WORK/$row.seed$seed.out"
   if [ "${DRY_RUN:-0}" = 1 ]; then
     echo "would run: ${command[*]}"
@@ -89,10 +116,10 @@ FAILED=0
 say "study start: seeds ${SEED_LIST[*]}, stages $STAGES, python $PYTHON"
 if stage train; then
   for spec in "${ROWS[@]}"; do
-    IFS='|' read -r row stem how <<< "$spec"
+    IFS='|' read -r row stem how start_from <<< "$spec"
     [ -n "${ROWS_ONLY:-}" ] && [[ " $ROWS_ONLY " != *" $row "* ]] && continue
     for seed in "${SEED_LIST[@]}"; do
-      run_one "$row" "$stem" "$how" "$seed"
+      run_one "$row" "$stem" "$how" "$seed" "$start_from"
     done
   done
 fi
@@ -101,7 +128,7 @@ RUNS=()
 MISSING=()
 declare -A FIRST
 for spec in "${ROWS[@]}"; do
-  IFS='|' read -r row stem how <<< "$spec"
+  IFS='|' read -r row stem how _ <<< "$spec"
   for seed in "${SEED_LIST[@]}"; do
     folder=$(done_run "$row" "$stem" "$how" "$seed")
     if [ -n "$folder" ]; then
@@ -115,7 +142,8 @@ done
 if [ "${DRY_RUN:-0}" = 1 ]; then
   stage report && echo "would run: $PYTHON -m finlight report ${RUNS[*]} [+ the runs of: ${MISSING[*]}] --baseline $BASELINE --output_dir $OUT"
   stage compression && echo "would run: $PYTHON -m finlight export --ckpt_path <$BASELINE's tested checkpoint> --output_dir $EXPORT --merged" &&
-    echo "would run: $GPTQ_PYTHON benchmarks/compression_report.py … (seed ${SEED_LIST[0]}'s checkpoints) --out $OUT/compression"
+    echo "would run: $GPTQ_PYTHON benchmarks/compression_report.py … (seed ${SEED_LIST[0]}'s checkpoints) --out $OUT/compression" &&
+    echo "would run: $PYTHON benchmarks/compression_report.py … (the *_from_lora rows) --out $OUT/compression_from_lora"
   exit 0
 fi
 if [ ${#MISSING[@]} -gt 0 ]; then
@@ -146,7 +174,7 @@ retest() {  # run folder, config stem → the folder whose test_predictions.csv 
 if stage report; then
   PAIRED=()
   for spec in "${ROWS[@]}"; do
-    IFS='|' read -r row stem how <<< "$spec"
+    IFS='|' read -r row stem how _ <<< "$spec"
     for folder in "${RUNS[@]}"; do
       [[ $folder == logs/$row/* ]] || continue
       paired=$(retest "$folder" "$stem")
@@ -164,17 +192,9 @@ if stage report; then
 fi
 
 if stage compression; then
-  lora=$(tested_checkpoint "${FIRST[smollm2_pb_lora]}")
   sapling=$(tested_checkpoint "${FIRST[smollm2_pb_sapling]}")
   trimllm=$(tested_checkpoint "${FIRST[smollm2_pb_trimllm]}")
-  if [ -f "$EXPORT/config.json" ] && [ "$EXPORT/config.json" -nt "$lora" ]; then
-    say "skip  export ($EXPORT is newer than $lora)"
-  else
-    rm -rf "$EXPORT"
-    say "export $lora (merged) → $EXPORT"
-    "$PYTHON" -m finlight export --ckpt_path "$lora" --output_dir "$EXPORT" --merged > "$WORK/export.out" 2>&1 ||
-      { say "FAIL  export; see $WORK/export.out"; exit 1; }
-  fi
+  ensure_export || exit 1
   fresh=1
   for source in "$EXPORT/config.json" "$(dirname "$sapling")"/*.ckpt "$trimllm"; do
     [ "$OUT/compression/results.json" -nt "$source" ] || fresh=0
@@ -197,6 +217,21 @@ if stage compression; then
       say "FAIL  compression table; see $WORK/compression.out"
       FAILED=1
     fi
+  fi
+  # the two recipes started from the ceiling, beside the merged LoRA model they started from
+  sapling_lora=$(tested_checkpoint "${FIRST[smollm2_pb_sapling_from_lora]}")
+  trimllm_lora=$(tested_checkpoint "${FIRST[smollm2_pb_trimllm_from_lora]}")
+  if [ "$OUT/compression_from_lora/results.json" -nt "$sapling_lora" ] && \
+     [ "$OUT/compression_from_lora/results.json" -nt "$trimllm_lora" ] && [ "${FORCE_COMPRESSION:-0}" != 1 ]; then
+    say "skip  compression_from_lora table (newer than its checkpoints)"
+  elif "$PYTHON" benchmarks/compression_report.py --config configs/smollm2_phrasebank_labelword_lora.yaml \
+      --variant "lora=$EXPORT" --variant "sapling_from_lora=$sapling_lora" --variant "trimllm_from_lora=$trimllm_lora" \
+      --reference lora --device cpu --threads 2 --repeats 1 --batch_size 32 --gen_examples 32 --gen_tokens 16 \
+      --gen_batch 8 --out "$OUT/compression_from_lora" > "$WORK/compression_from_lora.out" 2>&1; then
+    say "compression_from_lora table done: $OUT/compression_from_lora/report.md"
+  else
+    say "FAIL  compression_from_lora table; see $WORK/compression_from_lora.out"
+    FAILED=1
   fi
 fi
 [ "$FAILED" = 0 ] && say "study done: $OUT/report.md, $OUT/compression/report.md"

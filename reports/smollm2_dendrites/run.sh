@@ -8,11 +8,13 @@
 # Steps:
 #   probe  `fit` of 12 training batches with an fp32 base (bf16 autocast) and with a 4-bit NF4 base (bitsandbytes
 #          on CPU), whole-process seconds of each → nf4_probe.txt here (informational: the rows use the fp32 base).
-#   rows   smollm2_phrasebank_lora (configs/smollm2_phrasebank_lora.yaml) and smollm2_phrasebank_lora_dendritic
-#          (its twin), training seeds SEEDS, each one `finlight seeds --select best` (3 epochs, the best val
-#          macro-F1 checkpoint tested once).
-#   report `finlight report` of all runs, the dendritic row paired seed by seed against the plain one (report.md,
-#          runs.csv, groups.csv, paired.csv, val_curves.png: val acc / macro-F1 / loss per epoch), and the first
+#   rows   smollm2_phrasebank_lora (configs/smollm2_phrasebank_lora.yaml), smollm2_phrasebank_lora_dendritic
+#          (its twin) and smollm2_phrasebank_lora_restart (the plain run with the dendritic run's optimizer +
+#          schedule restart after epoch 1, the control), training seeds SEEDS, each one `finlight seeds --select
+#          best` (3 epochs, the best val macro-F1 checkpoint tested once).
+#   report `finlight report` of all runs, each row paired seed by seed against the plain one (report.md,
+#          runs.csv, groups.csv, paired.csv, val_curves.png: val acc / macro-F1 / loss per epoch), the dendritic
+#          row against the restart control (vs_restart/), and the first
 #          seed's tested checkpoints once more through `test` with the LatencyProfiler (parameters, checkpoint
 #          size, ms at batch 1, samples/s at batch 16, on CPU): latency.md here.
 # Resumable: a (row, seed) is done when logs/<row>/version_N/ holds its finished test (reports/done_run.py); the probe
@@ -29,7 +31,9 @@ OUT=reports/smollm2_dendrites
 WORK=logs/smollm2_dendrites
 PROGRESS=$WORK/progress.log
 BASELINE=smollm2_phrasebank_lora
-ROWS=(smollm2_phrasebank_lora smollm2_phrasebank_lora_dendritic)
+CONTROL=smollm2_phrasebank_lora_restart
+ROWS=(smollm2_phrasebank_lora smollm2_phrasebank_lora_dendritic "$CONTROL")
+LATENCY_ROWS=(smollm2_phrasebank_lora smollm2_phrasebank_lora_dendritic)  # the control has the plain architecture
 METRICS=(test/acc test/macro_f1 test/weighted_f1 test/loss test/dendrite_sets)
 EXTRA=(--trainer.enable_progress_bar false)
 TRAIN_SUBSAMPLE=${TRAIN_SUBSAMPLE-800}  # TRAIN_SUBSAMPLE= (empty) trains on the whole split
@@ -107,12 +111,14 @@ done
 # --- report and latency table
 RUNS=()
 MISSING=()
+VS_CONTROL=()
 declare -A FIRST
 for row in "${ROWS[@]}"; do
   for seed in "${SEED_LIST[@]}"; do
     folder=$(done_run "$row" "$seed")
     if [ -n "$folder" ]; then
       RUNS+=("$folder")
+      [ "$row" != "$BASELINE" ] && VS_CONTROL+=("$folder")
       [ "$seed" = "${SEED_LIST[0]}" ] && FIRST[$row]=$folder
     else
       MISSING+=("$row/seed$seed")
@@ -120,7 +126,7 @@ for row in "${ROWS[@]}"; do
   done
 done
 if [ "$DRY" = 1 ]; then
-  echo "would run: finlight report ${RUNS[*]} [+ ${MISSING[*]}] --baseline $BASELINE → $OUT; latency (test + LatencyProfiler) of the first seed → $OUT/latency.md"
+  echo "would run: finlight report ${RUNS[*]} [+ ${MISSING[*]}] --baseline $BASELINE → $OUT (and vs $CONTROL → $OUT/vs_restart); latency (test + LatencyProfiler) of the first seed → $OUT/latency.md"
   exit 0
 fi
 if [ ${#MISSING[@]} -gt 0 ]; then
@@ -128,10 +134,12 @@ if [ ${#MISSING[@]} -gt 0 ]; then
   exit 1
 fi
 step report "$PYTHON" -m finlight report "${RUNS[@]}" --baseline "$BASELINE" --metrics "${METRICS[@]}" --output_dir "$OUT"
+step report_vs_restart "$PYTHON" -m finlight report "${VS_CONTROL[@]}" --baseline "$CONTROL" --metrics "${METRICS[@]}" \
+  --output_dir "$OUT/vs_restart"
 # parameters, checkpoint size, latency at batch 1 and throughput at batch 16 of the first seed's tested checkpoints:
 # `test` once more with the LatencyProfiler (the same checkpoint and test split, so the same metrics) in its own
 # experiment folder; compression_report.py cannot load adapter-only (LoRA / dendritic) checkpoints
-for row in "${ROWS[@]}"; do
+for row in "${LATENCY_ROWS[@]}"; do
   ckpt=$(tested_checkpoint "${FIRST[$row]}")
   latency=$(ls -t logs/${row}_latency/version_*/latency.json 2>/dev/null | head -n 1)
   if [ -n "$latency" ] && [ "$latency" -nt "$ckpt" ]; then say "skip  latency of $row (done: $latency)"; continue; fi
@@ -140,7 +148,7 @@ for row in "${ROWS[@]}"; do
     --trainer.callbacks.batch_sizes "[1, 16]" --trainer.callbacks.warmup 3 --trainer.callbacks.iterations 20 \
     --trainer.callbacks.num_threads 2 "${EXTRA[@]}"
 done
-"$PYTHON" - "$OUT/latency.md" "${ROWS[@]}" <<'PY'
+"$PYTHON" - "$OUT/latency.md" "${LATENCY_ROWS[@]}" <<'PY'
 import glob, json, os, sys
 lines = ["| row | parameters | trainable | checkpoint MB | ms @ batch 1 | samples/s @ batch 16 | peak RSS MB |",
          "|---|---|---|---|---|---|---|"]

@@ -19,12 +19,12 @@
 # Console output of each step: logs/smollm2_fsa/<step>.out; one line per step: logs/smollm2_fsa/progress.log.
 # At the end reports/smollm2_fsa/collect.py writes results.md / results.csv / paired.csv here (paired tests).
 #
-# Environment: PYTHON (default .venv/bin/python), SEEDS (default "1 2"), SUBSAMPLE (default 1024), QUANT (default
+# Environment: PYTHON (default .venv/bin/python), SEEDS (default "1 2 3"), SUBSAMPLE (default 1024), QUANT (default
 # none; nf4 = 4-bit NF4 base, double quantisation, bf16 compute), DRY_RUN=1 (say what is done and what would run).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 source reports/study_lib.sh  # HF_HUB_OFFLINE, PYTHON, say, tested_checkpoint
-read -r -a SEED_LIST <<< "${SEEDS-1 2}"  # SEEDS="" runs the zero-shot rows only
+read -r -a SEED_LIST <<< "${SEEDS-1 2 3}"  # SEEDS="" runs the zero-shot rows only
 SUBSAMPLE=${SUBSAMPLE:-1024}
 QUANT=${QUANT:-none}
 CONFIG=configs/smollm2_fsa_lora.yaml

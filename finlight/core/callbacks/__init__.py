@@ -1,6 +1,6 @@
 """Callbacks: the ones every finlight run gets from the CLI (checkpoints, evaluation report, prediction files,
 RNG state) and the opt-in ones a config adds (threshold sweep, latency profiler, phase switch: gradual
-unfreezing with per-layer learning rates)."""
+unfreezing with per-layer learning rates, optimizer restart: the warm-restart control of a dendrite switch)."""
 
 from finlight._lazy import lazy_exports
 
@@ -11,5 +11,6 @@ __getattr__ = lazy_exports(__name__, {
     "ThresholdSweep": "finlight.core.callbacks.threshold_sweep",
     "LatencyProfiler": "finlight.core.callbacks.latency",
     "PhaseSwitch": "finlight.core.callbacks.phase_switch",
+    "OptimizerRestart": "finlight.core.callbacks.optimizer_restart",
 })
-__all__ = ["EvaluationReport", "LatencyProfiler", "PhaseSwitch", "PredictionWriter", "RunCheckpoint", "ThresholdSweep"]
+__all__ = ["EvaluationReport", "LatencyProfiler", "OptimizerRestart", "PhaseSwitch", "PredictionWriter", "RunCheckpoint", "ThresholdSweep"]
