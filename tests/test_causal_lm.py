@@ -14,6 +14,7 @@ from finlight.cli import run_cli
 from finlight.causal_lm.data import IGNORE_INDEX, InstructionCollator, InstructionDataModule, PromptRenderer
 from finlight.deploy.export import export_hf
 from finlight.core.adapters import is_checkpointing
+from finlight.core.losses import answer_only_lm_loss
 from finlight.causal_lm.classifier import CausalLMClassifier
 
 import conftest
@@ -136,6 +137,33 @@ def test_collator_pads_right_for_the_loss_and_left_for_generation():
 
 
 # ---------------------------------------------------------------------------------------------- scoring
+@pytest.mark.parametrize("lora", [None, {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}])
+def test_answer_loss_projects_only_answer_positions_with_the_full_logits_loss_and_gradients(in_tmp, tiny_llama_dir,
+                                                                                           lora, monkeypatch):
+    dm = datamodule_with(byte_bpe_tokenizer(), write_csv(in_tmp / "d.csv"))
+    module = module_on(tiny_llama_dir, dm, lora=lora).train()
+    batch = next(iter(dm.train_dataloader()))
+    head = module.model.get_output_embeddings()
+    rows = []
+    handle = head.register_forward_hook(lambda _m, inputs, _o: rows.append(inputs[0].shape))
+    loss = module.answer_loss(batch)
+    handle.remove()
+    answers = int((batch["lm_labels"][:, 1:] != -100).sum())
+    assert rows == [torch.Size([answers, 64])]  # the vocabulary projection saw the answer positions only
+    loss.backward()
+    fast = {n: p.grad.clone() for n, p in module.named_parameters() if p.requires_grad}
+    module.zero_grad()
+    full = answer_only_lm_loss(module(batch["input_ids"], batch["attention_mask"]), batch["lm_labels"])
+    full.backward()
+    assert loss.item() == pytest.approx(full.item(), rel=1e-6)
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(fast[name], p.grad, atol=1e-6, rtol=1e-5, msg=name)
+    # a forward without logits_to_keep gets the full-logits loss
+    monkeypatch.setattr("finlight.core.base.forward_accepts", lambda model, argument: False)
+    assert module.answer_loss(batch).item() == pytest.approx(full.item(), rel=1e-6)
+
+
 def test_constrained_scoring_equals_a_hand_computation_from_the_logits(in_tmp, tiny_llama_dir):
     dm = datamodule_with(byte_bpe_tokenizer(), write_csv(in_tmp / "d.csv"))
     module = module_on(tiny_llama_dir, dm)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from finlight.errors import FinlightError
-from finlight.core.losses import answer_only_lm_loss
+from finlight.core.losses import answer_only_lm_loss, answer_prediction_mask
 from finlight.causal_lm.scoring import (cached_label_log_probs, check_label_tokens, class_log_probs,
                                        first_token_log_probs, label_continuations, parse_answer, sequence_log_prob,
                                        unparseable_rate)
@@ -90,3 +90,8 @@ def test_cached_scores_add_the_first_token_from_the_prompt_and_the_rest_from_the
         expected = [p[i, 5] + c[3 * i, 0, 9] + c[3 * i, 1, 2], p[i, 6], p[i, 7] + c[3 * i + 2, 0, 3]]
         torch.testing.assert_close(got[i], torch.stack(expected))
     torch.testing.assert_close(cached_label_log_probs(prompt, None, [[5], [6]]), p[:, [5, 6]])
+
+
+def test_answer_prediction_mask_marks_the_positions_that_predict_answer_tokens():
+    lm_labels = torch.tensor([[-100, -100, 1], [-100, 0, -100]])
+    assert answer_prediction_mask(lm_labels).tolist() == [[False, True, False], [True, False, False]]

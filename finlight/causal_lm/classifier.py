@@ -9,7 +9,6 @@ untuned model: the zero-shot "before" row.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from finlight.core.metrics import classification_metrics
 from finlight.core.backbone import (CausalScratchConfig, build_causal_from_scratch,  # noqa: F401  (re-exported)
                                     load_causal_pretrained)
 from finlight.core.base import CHECKPOINT_KEY, CausalLMModule, ClassificationModule, DType  # noqa: F401
+from finlight.core.base import forward_accepts
 from finlight.core.run_dir import run_dir
 from finlight.causal_lm.scoring import (cached_label_log_probs, check_label_tokens, class_log_probs,
                                        first_token_log_probs, label_continuations, parse_answer, sequence_log_prob)
@@ -65,12 +65,6 @@ def generated_lengths(new_tokens: torch.Tensor, eos_token_id) -> int:
     return int(first.sum())
 
 
-def _accepts(model, argument: str) -> bool:
-    """Whether the (peft-wrapped or plain) causal LM's forward takes ``argument``."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return argument in inspect.signature(base.forward).parameters
-
-
 def cached_label_scores(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                         label_token_ids: list[list[int]]) -> Optional[torch.Tensor]:
     """[batch, k] log p(label tokens | prompt) in two passes instead of k: the left-padded prompts once,
@@ -80,12 +74,12 @@ def cached_label_scores(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
     benchmarks/compression_report.py scores exported, pruned and quantized models exactly as validation does."""
     n, k = len(prompt_ids), len(label_token_ids)
     positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions start at 0
-    keep = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}  # no [n, T, vocab] logits
+    keep = {"logits_to_keep": 1} if forward_accepts(model, "logits_to_keep") else {}  # no [n, T, vocab] logits
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True, **keep)
     if max(len(t) for t in label_token_ids) == 1:
         return cached_label_log_probs(out.logits[:, -1], None, label_token_ids)
     # transformers 5.24 renamed past_key_values (5.23) to cache, in and out
-    cache_key = "cache" if _accepts(model, "cache") else "past_key_values"
+    cache_key = "cache" if forward_accepts(model, "cache") else "past_key_values"
     cache = getattr(out, "cache", None)
     if cache is None:
         cache = getattr(out, "past_key_values", None)
@@ -177,9 +171,8 @@ class CausalLMClassifier(CausalLMModule, ClassificationModule):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        logits = self(batch["input_ids"], batch["attention_mask"])
-        loss = answer_only_lm_loss(logits, batch["lm_labels"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
+        loss = self.answer_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
         return loss
 
     def label_probs(self, batch: dict, logits: Optional[torch.Tensor] = None) -> torch.Tensor:

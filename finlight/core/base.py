@@ -12,10 +12,12 @@ epoch end and the best validation macro-F1 of a fit.
 
 from __future__ import annotations
 
+import inspect
 from typing import Literal, Optional
 
 import lightning.pytorch as pl
 import torch
+import torch.nn.functional as F
 from jsonargparse.typing import NonNegativeFloat, PositiveFloat
 
 from finlight.core.adapters import (CAUSAL_HEADS, SEQUENCE_HEADS, LoraOptions, QuantizationOptions, apply_adapters,
@@ -24,12 +26,19 @@ from finlight.core.adapters import (CAUSAL_HEADS, SEQUENCE_HEADS, LoraOptions, Q
 from finlight.core.backbone import (CausalScratchConfig, backbone_state, load_causal_pretrained, load_pretrained,
                                     rebuild_backbone)
 from finlight.core.checkpoints import check_state_dict_fits
+from finlight.core.losses import answer_only_lm_loss, answer_prediction_mask
 from finlight.core.metrics import flatten_metrics
 from finlight.core.optim import Schedule, adamw_with_schedule, clip_gradients, fused_allowed
 from finlight.errors import FinlightError
 
 CHECKPOINT_KEY = "finlight"
 DType = Literal["float32", "bfloat16", "float16"]
+
+
+def forward_accepts(model, argument: str) -> bool:
+    """Whether the (peft-wrapped or plain) Hugging Face model's forward takes ``argument``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return argument in inspect.signature(base.forward).parameters
 
 
 class HFBackboneModule(pl.LightningModule):
@@ -213,6 +222,25 @@ class CausalLMModule(HFBackboneModule):
         # command line when a --ckpt_path is given
         self.save_hyperparameters(logger=False, ignore=list(self.NOT_HPARAMS))
         self._plain_option_hparams()
+
+    def answer_loss(self, batch: dict) -> torch.Tensor:
+        """`answer_only_lm_loss` of the batch, projecting onto the vocabulary only where that loss reads a logit.
+
+        Why: the loss reads the few positions that predict answer tokens, but a causal LM's forward computes
+        [batch, T, vocab] logits: for a FinQA prompt of ~1,200 tokens and a 49 k vocabulary that is ~60 M logits
+        an example, their fp32 upcast and log-softmax, forward and backward, for ~20 answer tokens. Hugging Face's
+        ``logits_to_keep`` takes a boolean [batch, T] mask and returns [kept, vocab]; the loss is the same mean
+        over the same tokens. Models whose forward lacks it (or answers in another shape) get the full logits."""
+        input_ids, attention_mask, lm_labels = batch["input_ids"], batch["attention_mask"], batch["lm_labels"]
+        if not forward_accepts(self.model, "logits_to_keep"):
+            return answer_only_lm_loss(self(input_ids, attention_mask), lm_labels)
+        mask = answer_prediction_mask(lm_labels)
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=mask).logits
+        if logits.dim() == 2 and logits.size(0) == int(mask.sum()):
+            return F.cross_entropy(logits.float(), lm_labels[:, 1:][mask[:, :-1]], reduction="mean")
+        if logits.shape[:2] == input_ids.shape:  # the mask was ignored: full logits
+            return answer_only_lm_loss(logits, lm_labels)
+        return answer_only_lm_loss(self(input_ids, attention_mask), lm_labels)
 
     def _adopt_tokenizer(self) -> None:
         """The data module encodes with the backbone's tokenizer (it has none of its own)."""

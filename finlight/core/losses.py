@@ -30,3 +30,12 @@ def answer_only_lm_loss(logits: torch.Tensor, lm_labels: torch.Tensor, ignore_in
     shifted = logits[:, :-1].reshape(-1, logits.size(-1)).float()
     targets = lm_labels[:, 1:].reshape(-1)
     return F.cross_entropy(shifted, targets, ignore_index=ignore_index, reduction="mean")
+
+
+def answer_prediction_mask(lm_labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """[batch, T] bool: the positions whose next token is an answer token, i.e. the only logits
+    `answer_only_lm_loss` reads (``logits[:, t]`` predicts ``lm_labels[:, t + 1]``; the last position predicts
+    nothing)."""
+    mask = torch.zeros_like(lm_labels, dtype=torch.bool)
+    mask[:, :-1] = lm_labels[:, 1:] != ignore_index
+    return mask

@@ -26,7 +26,6 @@ from torchmetrics import MaxMetric, MeanMetric
 
 from finlight.errors import FinlightError
 from finlight.finqa.metrics import DEFAULT_REL_TOL, score_prediction
-from finlight.core.losses import answer_only_lm_loss
 from finlight.core.backbone import build_causal_from_scratch
 from finlight.core.base import CHECKPOINT_KEY, CausalLMModule  # noqa: F401  (CHECKPOINT_KEY re-exported)
 from finlight.causal_lm.classifier import greedy_generate
@@ -117,7 +116,7 @@ class FinQAGenerator(CausalLMModule):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = answer_only_lm_loss(self(batch["input_ids"], batch["attention_mask"]), batch["lm_labels"])
+        loss = self.answer_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["index"]))
         return loss
 
@@ -145,7 +144,7 @@ class FinQAGenerator(CausalLMModule):
 
     def _evaluation_step(self, batch: dict, stage: str) -> None:
         n = len(batch["index"])
-        loss = answer_only_lm_loss(self(batch["input_ids"], batch["attention_mask"]), batch["lm_labels"])
+        loss = self.answer_loss(batch)
         self.log(f"{stage}/loss", loss, batch_size=n, sync_dist=True)
         scored = self.score_batch(batch, stage, self.generate(batch))
         metrics = self.scores[stage]
