@@ -63,7 +63,7 @@ def main() -> None:
                 loss = module.answer_loss(batch)
         loss.backward()
         module.zero_grad(set_to_none=True)
-        return float(loss)
+        return float(loss.detach())
 
     print(cpu_line())
     tokens = [int(b["attention_mask"].sum()) for b in batches]

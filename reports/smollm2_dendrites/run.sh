@@ -20,13 +20,13 @@
 # Resumable: a (row, seed) is done when logs/<row>/version_N/ holds its finished test (reports/done_run.py); the probe
 # when nf4_probe.txt exists. Console output: logs/smollm2_dendrites/<step>.out; one line per step in progress.log.
 #
-# Environment: PYTHON (default .venv/bin/python), SEEDS (default "1 2"), TRAIN_SUBSAMPLE (default 800: a stratified
+# Environment: PYTHON (default .venv/bin/python), SEEDS (default "1 2 3"), TRAIN_SUBSAMPLE (default 800: a stratified
 # subsample of that many training sentences, the same for both rows; empty = the whole split), PROBE_ONLY=1 (stop after
 # the probe), DRY_RUN=1.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 source reports/study_lib.sh  # HF_HUB_OFFLINE, PYTHON, say, tested_checkpoint
-read -r -a SEED_LIST <<< "${SEEDS:-1 2}"
+read -r -a SEED_LIST <<< "${SEEDS:-1 2 3}"
 OUT=reports/smollm2_dendrites
 WORK=logs/smollm2_dendrites
 PROGRESS=$WORK/progress.log
