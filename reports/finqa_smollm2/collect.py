@@ -3,10 +3,10 @@
     python reports/finqa_smollm2/collect.py      # from the repository root
 
 Reads the newest finished folder of each row (logs/<row>/version_N with test_metrics.json): the zero-shot dev row,
-the zero-shot test row and, per training seed, the LoRA row (its tested checkpoint recorded under "selected").
-Writes here: results.csv (one row per evaluation), paired.csv (each LoRA seed against zero-shot on the same test
-questions, and seed against seed: McNemar on per-question execution correctness, matched by question id) and
-results.md. A question whose answer does not parse or execute counts as wrong.
+the zero-shot test row and, per training seed, the LoRA row (its tested checkpoint recorded under "selected") and
+the LoRA-last row (the same fit's final checkpoint). Writes here: results.csv (one row per evaluation), paired.csv
+(each LoRA row and seed against zero-shot on the same test questions, selected against last, and seed against seed:
+McNemar on per-question execution correctness, matched by question id) and results.md. A question whose answer does not parse or execute counts as wrong.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ METRICS = ("exec_acc", "prog_acc", "prog_acc_symbolic", "unparseable_rate", "non
            "generation_tokens_per_s")
 
 
+TRAINED = ("finqa_smollm2_lora", "finqa_smollm2_lora_last")
+
+
 def finished(row: str) -> dict:
     """seed → newest folder of ``row`` holding a test_metrics.json (seed None for untrained rows)."""
     found: dict = {}
@@ -35,8 +38,10 @@ def finished(row: str) -> dict:
         if not os.path.isfile(f"{folder}/test_metrics.json"):
             continue
         config = yaml.safe_load(open(f"{folder}/config.yaml")) or {}
-        selected = json.load(open(f"{folder}/test_metrics.json")).get("selected")
-        seed = config.get("seed_everything") if selected else None
+        report = json.load(open(f"{folder}/test_metrics.json"))
+        if row == "finqa_smollm2_lora" and not report.get("selected"):
+            continue  # a test outside `finlight seeds`
+        seed = config.get("seed_everything") if row in TRAINED else None
         version = int(folder.rsplit("_", 1)[1])
         if seed not in found or version > found[seed][0]:
             found[seed] = (version, folder)
@@ -55,8 +60,8 @@ def main() -> None:
     runs = []  # (row, seed, folder)
     for row in ("finqa_smollm2_dev", "finqa_smollm2_zeroshot"):
         runs += [(row, None, folder) for folder in finished(row).values()]
-    runs += [("finqa_smollm2_lora", seed, folder)
-             for seed, folder in sorted(finished("finqa_smollm2_lora").items(), key=lambda kv: kv[0] or 0) if seed]
+    for row in TRAINED:
+        runs += [(row, seed, folder) for seed, folder in sorted(finished(row).items(), key=lambda kv: kv[0] or 0)]
     if not runs:
         sys.exit("collect: no finished rows under logs/finqa_smollm2_*; run reports/finqa_smollm2/run.sh first")
     table, answers = [], {}
@@ -69,13 +74,17 @@ def main() -> None:
                       **{k: m.get(f"test/{k}", "") for k in METRICS},
                       "statuses": " ".join(f"{k} {v}" for k, v in sorted(Counter(r["status"] for r in rows.values()).items())),
                       "selected_val_exec_acc": selected.get("value", ""),
-                      "checkpoint": os.path.basename(selected.get("path") or "") or "(untuned)", "folder": folder})
+                      "checkpoint": os.path.basename(selected.get("path") or report.get("checkpoint") or "")
+                      or "(untuned)", "folder": folder})
         answers[(row, seed)] = rows
     pairs = []
     base = ("finqa_smollm2_zeroshot", None)
-    tuned = [k for k in answers if k[0] == "finqa_smollm2_lora"]
-    comparisons = [(base, t) for t in tuned if base in answers]
-    comparisons += [(a, b) for i, a in enumerate(tuned) for b in tuned[i + 1:]]
+    comparisons = []
+    for row in TRAINED:
+        tuned = [k for k in answers if k[0] == row]
+        comparisons += [(base, t) for t in tuned if base in answers]
+        comparisons += [(a, b) for i, a in enumerate(tuned) for b in tuned[i + 1:]]
+    comparisons += [(k, (TRAINED[1], k[1])) for k in answers if k[0] == TRAINED[0] and (TRAINED[1], k[1]) in answers]
     for a, b in comparisons:
         shared = sorted(set(answers[a]) & set(answers[b]))
         if not shared:
@@ -95,7 +104,8 @@ def main() -> None:
 
 def _label(key) -> str:
     row, seed = key
-    name = {"finqa_smollm2_zeroshot": "zero-shot", "finqa_smollm2_lora": "LoRA"}.get(row, row)
+    name = {"finqa_smollm2_zeroshot": "zero-shot", "finqa_smollm2_lora": "LoRA (selected)",
+            "finqa_smollm2_lora_last": "LoRA (last)"}.get(row, row)
     return name if seed is None else f"{name} seed {seed}"
 
 
@@ -116,12 +126,14 @@ def _markdown(table: list[dict], pairs: list[dict]) -> str:
     lines = ["# FinQA, SmolLM2-135M-Instruct: results (written by collect.py)", "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_fmt(r[c]) for c in columns) + " |" for r in table]
-    lora = [r for r in table if r["row"] == "finqa_smollm2_lora"]
-    if lora:
-        lines += ["", "LoRA over seeds (mean ± sample std):"]
-        for metric in METRICS[:5]:
-            mean, std = mean_std([r[metric] for r in lora if r[metric] != ""])
-            lines.append(f"- {metric}: {mean:.3f}" + (f" ± {std:.3f}" if std is not None else "") + f" ({len(lora)} seeds)")
+    for row in TRAINED:
+        lora = [r for r in table if r["row"] == row]
+        if lora:
+            lines += ["", f"{_label((row, None))} over seeds (mean ± sample std):"]
+            for metric in METRICS[:5]:
+                mean, std = mean_std([r[metric] for r in lora if r[metric] != ""])
+                lines.append(f"- {metric}: {mean:.3f}" + (f" ± {std:.3f}" if std is not None else "")
+                             + f" ({len(lora)} seeds)")
     if pairs:
         columns = list(pairs[0])
         lines += ["", "Paired on the same test questions (McNemar, exact below 25 discordant pairs):", "",

@@ -12,6 +12,7 @@
 #   finqa_smollm2_lora      LoRA on the 100 train questions (configs/finqa_smollm2_lora.yaml, 3 epochs), one
 #                           `finlight seeds --select best` per seed in SEEDS: val/exec_acc on 32 dev questions picks
 #                           the epoch, the test sample is decoded once.
+#   finqa_smollm2_lora_last the same fits' last checkpoint (after epoch 3), tested once: the recipe without selection.
 # Then collect.py: results.md / results.csv / paired.csv here (McNemar on per-question execution correctness,
 # each seed against zero-shot and seed against seed).
 #
@@ -107,6 +108,20 @@ for seed in "${SEED_LIST[@]}"; do
   if [ -n "$folder" ]; then say "skip  $LORA seed $seed (done: $folder)"; continue; fi
   step "$LORA.seed$seed" "$PYTHON" -m finlight seeds --config "configs/$LORA.yaml" --seeds "$seed" --select best \
     --experiment "$LORA" --report_dir "$WORK/seeds_$LORA" "${COMMON[@]}" || break
+done
+
+# --- the same fits' final (epoch-3) checkpoints, tested once each: the fixed recipe without selection (declared
+# before any test was read, when every validation so far tied at exec_acc 0, where val/exec_acc cannot choose)
+for seed in "${SEED_LIST[@]}"; do
+  folder=$("$PYTHON" reports/done_run.py "$LORA" "$LORA" best "$seed")
+  [ -n "$folder" ] || continue
+  last="$(dirname "$(tested_checkpoint "$folder")")/last.ckpt"
+  [ -f "$last" ] || { say "FAIL  no $last for seed $seed"; FAILED=1; continue; }
+  if grep -qsF "\"checkpoint\": \"$last\"" logs/${LORA}_last/version_*/test_metrics.json; then
+    say "skip  ${LORA}_last seed $seed (done: $last tested)"; continue
+  fi
+  step "${LORA}_last.seed$seed" "$PYTHON" -m finlight test --config "configs/$LORA.yaml" --ckpt_path "$last" \
+    --experiment "${LORA}_last" --seed_everything "$seed" "${COMMON[@]}"
 done
 
 # --- results and paired tests
