@@ -25,7 +25,8 @@ class StepProbe(pl.Callback):
 
 
 def restart_config(folder, after_epochs, name: str) -> str:
-    callbacks = [{"class_path": "finlight.core.callbacks.OptimizerRestart", "init_args": {"after_epochs": after_epochs}}]
+    callbacks = [{"class_path": "finlight.core.callbacks.OptimizerRestart",
+                  "init_args": {"after_epochs": after_epochs}}]
     config = {
         "seed_everything": 7,
         "trainer": {"max_epochs": 3, "deterministic": True, "enable_progress_bar": False,

@@ -6,7 +6,8 @@ Reads the newest finished folder of each row (logs/<row>/version_N with test_met
 the zero-shot test row and, per training seed, the LoRA row (its tested checkpoint recorded under "selected") and
 the LoRA-last row (the same fit's final checkpoint). Writes here: results.csv (one row per evaluation), paired.csv
 (each LoRA row and seed against zero-shot on the same test questions, selected against last, and seed against seed:
-McNemar on per-question execution correctness, matched by question id) and results.md. A question whose answer does not parse or execute counts as wrong.
+McNemar on per-question execution correctness, matched by question id) and results.md. A question whose answer does
+not parse or execute counts as wrong.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def main() -> None:
         selected = report.get("selected") or {}
         table.append({"row": row, "seed": seed or "", "questions": len(rows),
                       **{k: m.get(f"test/{k}", "") for k in METRICS},
-                      "statuses": " ".join(f"{k} {v}" for k, v in sorted(Counter(r["status"] for r in rows.values()).items())),
+                      "statuses": " ".join(f"{k} {v}" for k, v in
+                                           sorted(Counter(r["status"] for r in rows.values()).items())),
                       "selected_val_exec_acc": selected.get("value", ""),
                       "checkpoint": os.path.basename(selected.get("path") or report.get("checkpoint") or "")
                       or "(untuned)", "folder": folder})
@@ -92,7 +94,8 @@ def main() -> None:
         right_a = [int(answers[a][q]["correct"]) for q in shared]
         right_b = [int(answers[b][q]["correct"]) for q in shared]
         test = mcnemar_test([1] * len(shared), right_a, right_b)
-        pairs.append({"a": _label(a), "b": _label(b), "questions": len(shared), "exec_acc_a": sum(right_a) / len(shared),
+        pairs.append({"a": _label(a), "b": _label(b), "questions": len(shared),
+                      "exec_acc_a": sum(right_a) / len(shared),
                       "exec_acc_b": sum(right_b) / len(shared), "a_only_right": test["b"], "b_only_right": test["c"],
                       "mcnemar_p": test["pvalue"]})
     _write_csv(f"{OUT}/results.csv", table)

@@ -13,4 +13,5 @@ __getattr__ = lazy_exports(__name__, {
     "PhaseSwitch": "finlight.core.callbacks.phase_switch",
     "OptimizerRestart": "finlight.core.callbacks.optimizer_restart",
 })
-__all__ = ["EvaluationReport", "LatencyProfiler", "OptimizerRestart", "PhaseSwitch", "PredictionWriter", "RunCheckpoint", "ThresholdSweep"]
+__all__ = ["EvaluationReport", "LatencyProfiler", "OptimizerRestart", "PhaseSwitch", "PredictionWriter",
+           "RunCheckpoint", "ThresholdSweep"]

@@ -26,7 +26,8 @@ class OptimizerRestart(pl.Callback):
 
     def __init__(self, after_epochs: list[int]):
         if not after_epochs or any(not isinstance(e, int) or e < 0 for e in after_epochs):
-            raise FinlightError(f"OptimizerRestart.after_epochs must be non-negative epoch numbers, got {after_epochs!r}")
+            raise FinlightError(f"OptimizerRestart.after_epochs must be non-negative epoch numbers, "
+                                f"got {after_epochs!r}")
         self.after_epochs = sorted(set(after_epochs))
         self.restarts: list[int] = []
 
