@@ -38,7 +38,9 @@ class DendriticClassifier(SequenceClassifier):
         **kwargs: every `SequenceClassifier` argument.
 
     Note: after each dendrite switch the optimizer and scheduler are rebuilt, so warm-up and decay start again
-    over the remaining run (perforatedai's own recipe also restarts them).
+    from step 0 of the whole run's schedule (perforatedai's own recipe also restarts them): a switch after epoch 1
+    of 3 ends the run a third of the way down the cosine. `finlight.core.callbacks.OptimizerRestart` gives a
+    plain run the same restart (the control).
     """
 
     def __init__(self, dendrites: Optional[DendriteOptions] = None, monitor: str = "val/macro_f1", **kwargs):
