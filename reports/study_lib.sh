@@ -1,5 +1,5 @@
 # Sourced by every study runner (reports/*/run.sh) once it is in the repository root: the environment each run
-# needs, the Python to run, the progress-log line and the checkpoint a finished `seeds` run tested.
+# needs, the Python to run, the progress-log line, one logged step and the checkpoint a finished `seeds` run tested.
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 PYTHON=${PYTHON:-.venv/bin/python}
 [ -x "$PYTHON" ] || PYTHON=python
@@ -10,4 +10,21 @@ say() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $*" | tee -a "$PROGRESS"; }
 # the checkpoint run folder $1 tested (what `finlight seeds` recorded under "selected")
 tested_checkpoint() {
   "$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1] + "/test_metrics.json"))["selected"]["path"])' "$1"
+}
+
+# step NAME COMMAND…: run it (console → $WORK/NAME.out) unless DRY_RUN=1, with start / done / FAIL lines in the
+# progress log; a failure sets FAILED=1 and returns 1 (callers may `|| break`)
+step() {
+  local name=$1
+  shift
+  if [ "${DRY_RUN:-0}" = 1 ]; then echo "would run: $*"; return 0; fi
+  say "start $name → $WORK/$name.out"
+  local start=$SECONDS
+  if "$@" > "$WORK/$name.out" 2>&1; then
+    say "done  $name in $((SECONDS - start)) s"
+  else
+    say "FAIL  $name after $((SECONDS - start)) s; see $WORK/$name.out"
+    FAILED=1
+    return 1
+  fi
 }

@@ -135,6 +135,28 @@ def binary_run_config(in_tmp):
 
 
 
+def scratch_fit_config(folder, name: str, epochs: int, callbacks: list) -> str:
+    """A tiny from-scratch SequenceClassifier on the demo data, 3 training batches an epoch, with ``callbacks``
+    under ``trainer`` (for callback tests that fit through the CLI); writes ``<folder>/<name>.yaml``, returns it."""
+    import yaml
+
+    config = {
+        "seed_everything": 7,
+        "trainer": {"max_epochs": epochs, "deterministic": True, "enable_progress_bar": False,
+                    "enable_model_summary": False, "log_every_n_steps": 1, "limit_train_batches": 3,
+                    "limit_val_batches": 1, "num_sanity_val_steps": 0, "callbacks": callbacks},
+        "model": {"class_path": "finlight.core.SequenceClassifier", "init_args": {
+            "scratch": {"hidden_size": 16, "num_layers": 2, "num_heads": 2, "intermediate_size": 32,
+                        "vocab_size": 300, "max_position_embeddings": 64},
+            "learning_rate": 3e-3, "warmup_ratio": 0.0}},
+        "data": {"class_path": "finlight.core.ClassificationDataModule", "init_args": {
+            "path": "demo", "label_names": ["negative", "neutral", "positive"], "max_length": 32, "batch_size": 16}},
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(f"# python -m finlight fit --config {path.name}\n" + yaml.safe_dump(config))
+    return str(path)
+
+
 class InterruptAtEpoch(pl.Callback):
     """Stops a run the hard way at the start of ``epoch`` (used by class_path from test configs)."""
 

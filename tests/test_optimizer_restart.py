@@ -3,12 +3,13 @@ epoch with fresh AdamW moments, the run otherwise matches the plain one, and a r
 
 import pytest
 import torch
-import yaml
 
 import lightning.pytorch as pl
 
 from finlight.core.callbacks.optimizer_restart import OptimizerRestart
 from finlight.errors import FinlightError
+
+from conftest import scratch_fit_config
 
 
 class StepProbe(pl.Callback):
@@ -26,22 +27,8 @@ class StepProbe(pl.Callback):
 
 def restart_config(folder, after_epochs, name: str) -> str:
     callbacks = [{"class_path": "finlight.core.callbacks.OptimizerRestart",
-                  "init_args": {"after_epochs": after_epochs}}]
-    config = {
-        "seed_everything": 7,
-        "trainer": {"max_epochs": 3, "deterministic": True, "enable_progress_bar": False,
-                    "enable_model_summary": False, "log_every_n_steps": 1, "limit_train_batches": 3,
-                    "limit_val_batches": 1, "num_sanity_val_steps": 0, "callbacks": callbacks if after_epochs else []},
-        "model": {"class_path": "finlight.core.SequenceClassifier", "init_args": {
-            "scratch": {"hidden_size": 16, "num_layers": 2, "num_heads": 2, "intermediate_size": 32,
-                        "vocab_size": 300, "max_position_embeddings": 64},
-            "learning_rate": 3e-3, "warmup_ratio": 0.0}},
-        "data": {"class_path": "finlight.core.ClassificationDataModule", "init_args": {
-            "path": "demo", "label_names": ["negative", "neutral", "positive"], "max_length": 32, "batch_size": 16}},
-    }
-    path = folder / f"{name}.yaml"
-    path.write_text(f"# python -m finlight fit --config {path.name}\n" + yaml.safe_dump(config))
-    return str(path)
+                  "init_args": {"after_epochs": after_epochs}}] if after_epochs else []
+    return scratch_fit_config(folder, name, 3, callbacks)
 
 
 def _fit(config, *extra):

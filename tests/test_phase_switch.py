@@ -14,6 +14,8 @@ from finlight.core.callbacks.phase_switch import (GradualUnfreeze, PhaseSwitch, 
 from finlight.core.optim import adamw_param_groups
 from finlight.errors import FinlightError
 
+from conftest import scratch_fit_config
+
 
 def tiny_bert(layers: int = 3):
     from transformers import BertConfig, BertForSequenceClassification
@@ -177,22 +179,8 @@ class Probe(pl.Callback):
 
 
 def phase_config(folder, switch: dict, name: str, epochs: int) -> str:
-    config = {
-        "seed_everything": 7,
-        "trainer": {"max_epochs": epochs, "deterministic": True, "enable_progress_bar": False,
-                    "enable_model_summary": False, "log_every_n_steps": 1, "limit_train_batches": 3,
-                    "limit_val_batches": 1, "num_sanity_val_steps": 0,
-                    "callbacks": [{"class_path": "finlight.core.callbacks.PhaseSwitch", "init_args": switch}]},
-        "model": {"class_path": "finlight.core.SequenceClassifier", "init_args": {
-            "scratch": {"hidden_size": 16, "num_layers": 2, "num_heads": 2, "intermediate_size": 32,
-                        "vocab_size": 300, "max_position_embeddings": 64},
-            "learning_rate": 3e-3, "warmup_ratio": 0.0}},
-        "data": {"class_path": "finlight.core.ClassificationDataModule", "init_args": {
-            "path": "demo", "label_names": ["negative", "neutral", "positive"], "max_length": 32, "batch_size": 16}},
-    }
-    path = folder / f"{name}.yaml"
-    path.write_text(f"# python -m finlight fit --config {path.name}\n" + yaml.safe_dump(config))
-    return str(path)
+    return scratch_fit_config(folder, name, epochs,
+                              [{"class_path": "finlight.core.callbacks.PhaseSwitch", "init_args": switch}])
 
 
 def test_gradual_unfreezing_trains_only_the_phase_units_at_decayed_lrs(in_tmp, one_thread):

@@ -12,6 +12,7 @@ epoch end and the best validation macro-F1 of a fit.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Literal, Optional
 
@@ -36,9 +37,15 @@ DType = Literal["float32", "bfloat16", "float16"]
 
 
 def forward_accepts(model, argument: str) -> bool:
-    """Whether the (peft-wrapped or plain) Hugging Face model's forward takes ``argument``."""
+    """Whether the (peft-wrapped or plain) Hugging Face model's forward takes ``argument`` (asked every training
+    step by `CausalLMModule.answer_loss`, so the signature is read once per model class)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return argument in inspect.signature(base.forward).parameters
+    return argument in _forward_parameters(type(base).forward)
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_parameters(forward) -> frozenset:
+    return frozenset(inspect.signature(forward).parameters)
 
 
 class HFBackboneModule(pl.LightningModule):

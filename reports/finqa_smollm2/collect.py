@@ -12,7 +12,6 @@ not parse or execute counts as wrong.
 
 from __future__ import annotations
 
-import csv
 import glob
 import json
 import os
@@ -22,7 +21,7 @@ from collections import Counter
 import yaml
 
 sys.path.insert(0, os.getcwd())
-from finlight.report.compare import mcnemar_test, mean_std  # noqa: E402
+from finlight.report.compare import _write_csv, mcnemar_test, mean_std  # noqa: E402
 
 OUT = "reports/finqa_smollm2"
 METRICS = ("exec_acc", "prog_acc", "prog_acc_symbolic", "unparseable_rate", "nonexecutable_rate",
@@ -110,14 +109,6 @@ def _label(key) -> str:
     name = {"finqa_smollm2_zeroshot": "zero-shot", "finqa_smollm2_lora": "LoRA (selected)",
             "finqa_smollm2_lora_last": "LoRA (last)"}.get(row, row)
     return name if seed is None else f"{name} seed {seed}"
-
-
-def _write_csv(path: str, rows: list[dict]) -> None:
-    columns = list(dict.fromkeys(c for r in rows for c in r))
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, columns)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _fmt(value, digits: int = 3) -> str:

@@ -24,7 +24,7 @@
 # EVAL_SUBSAMPLE (dev row, default 32, the LoRA runs' validation sample; "all" for the 200), CONTEXT (dev row, default 2048), DRY_RUN=1.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
-source reports/study_lib.sh  # HF_HUB_OFFLINE, PYTHON, say, tested_checkpoint
+source reports/study_lib.sh  # HF_HUB_OFFLINE, PYTHON, say, step, tested_checkpoint
 read -r -a SEED_LIST <<< "${SEEDS-1 2}"
 EVAL_SUBSAMPLE=${EVAL_SUBSAMPLE:-32}
 CONTEXT=${CONTEXT:-2048}
@@ -37,21 +37,6 @@ DRY=${DRY_RUN:-0}
 [ "$DRY" = 1 ] && PROGRESS=/dev/null
 COMMON=(--trainer.enable_progress_bar false)
 FAILED=0
-
-step() {  # name, command…: run it unless DRY_RUN; start / done / FAIL in the progress log
-  local name=$1
-  shift
-  if [ "$DRY" = 1 ]; then echo "would run: $*"; return 0; fi
-  say "start $name → $WORK/$name.out"
-  local start=$SECONDS
-  if "$@" > "$WORK/$name.out" 2>&1; then
-    say "done  $name in $((SECONDS - start)) s"
-  else
-    say "FAIL  $name after $((SECONDS - start)) s; see $WORK/$name.out"
-    FAILED=1
-    return 1
-  fi
-}
 
 dev_done() {  # newest finished dev row with this subsample and context, or nothing
   local found="" want_sub=$EVAL_SUBSAMPLE

@@ -25,7 +25,7 @@
 # the probe), DRY_RUN=1.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
-source reports/study_lib.sh  # HF_HUB_OFFLINE, PYTHON, say, tested_checkpoint
+source reports/study_lib.sh  # HF_HUB_OFFLINE, PYTHON, say, step, tested_checkpoint
 read -r -a SEED_LIST <<< "${SEEDS:-1 2 3}"
 OUT=reports/smollm2_dendrites
 WORK=logs/smollm2_dendrites
@@ -44,20 +44,6 @@ DRY=${DRY_RUN:-0}
 FAILED=0
 
 done_run() { "$PYTHON" reports/done_run.py "$1" "$1" best "$2"; }  # row (= config stem), seed
-step() {  # name, command…: run it unless DRY_RUN; start / done / FAIL in the progress log
-  local name=$1
-  shift
-  if [ "$DRY" = 1 ]; then echo "would run: $*"; return 0; fi
-  say "start $name → $WORK/$name.out"
-  local start=$SECONDS
-  if "$@" > "$WORK/$name.out" 2>&1; then
-    say "done  $name in $((SECONDS - start)) s"
-  else
-    say "FAIL  $name after $((SECONDS - start)) s; see $WORK/$name.out"
-    FAILED=1
-    return 1
-  fi
-}
 
 say "study start: seeds ${SEED_LIST[*]}, train subsample ${TRAIN_SUBSAMPLE:-all}, python $PYTHON, cpu: $(lscpu | grep -o 'avx512_bf16\|avx512_vnni\|amx_bf16\|avx2' | sort -u | tr '\n' ' ')"
 

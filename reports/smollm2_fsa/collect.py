@@ -12,7 +12,6 @@ the example's index in the validation split.
 
 from __future__ import annotations
 
-import csv
 import glob
 import json
 import os
@@ -23,7 +22,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, os.getcwd())
-from finlight.report.compare import mcnemar_test, mean_std, paired_bootstrap  # noqa: E402
+from finlight.report.compare import _write_csv, mcnemar_test, mean_std, paired_bootstrap  # noqa: E402
 
 OUT = "reports/smollm2_fsa"
 MODES = ("constrained", "generate")
@@ -112,14 +111,6 @@ def main() -> None:
 
 def _label(key) -> str:
     return key[0] if key[2] is None else f"{key[0]} seed {key[2]}"
-
-
-def _write_csv(path: str, rows: list[dict]) -> None:
-    columns = list(dict.fromkeys(c for r in rows for c in r))
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, columns)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _f(value, digits=4) -> str:

@@ -23,7 +23,7 @@
 # none; nf4 = 4-bit NF4 base, double quantisation, bf16 compute), DRY_RUN=1 (say what is done and what would run).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
-source reports/study_lib.sh  # HF_HUB_OFFLINE, PYTHON, say, tested_checkpoint
+source reports/study_lib.sh  # HF_HUB_OFFLINE, PYTHON, say, step, tested_checkpoint
 read -r -a SEED_LIST <<< "${SEEDS-1 2 3}"  # SEEDS="" runs the zero-shot rows only
 SUBSAMPLE=${SUBSAMPLE:-1024}
 QUANT=${QUANT:-none}
@@ -56,20 +56,6 @@ fit_ckpt() {
     best="checkpoints/$STEM/version_$n/last.ckpt"
   done
   echo "$best"
-}
-
-step() {  # name, command…
-  local name=$1
-  shift
-  if [ "${DRY_RUN:-0}" = 1 ]; then echo "would run: $*"; return 0; fi
-  say "start $name → $WORK/$name.out"
-  local start=$SECONDS
-  if "$@" > "$WORK/$name.out" 2>&1; then
-    say "done  $name in $((SECONDS - start)) s"
-  else
-    say "FAIL  $name after $((SECONDS - start)) s; see $WORK/$name.out"
-    FAILED=1
-  fi
 }
 
 FAILED=0
