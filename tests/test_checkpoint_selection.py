@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from finlight.prune.checkpoint_selection import (Architecture, Candidate, architecture_of_config, candidates_from_callback,
-                                           select_checkpoint)
+                                                select_checkpoint, select_in_run)
 from finlight.errors import FinlightError
 
 DEEP, MID, SHALLOW = Architecture(3), Architecture(2), Architecture(1)
@@ -196,3 +196,29 @@ def test_seeds_final_depth_without_a_kept_final_checkpoint_stops_with_the_fix(in
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "save_top_k: -1" in err and "final architecture (1 layer;" in err
     assert not (in_tmp / "logs" / "drop" / "version_0" / "test_metrics.json").exists()  # nothing tested instead
+
+
+def test_select_in_run_ranks_a_finished_runs_checkpoints_at_any_depth(tmp_path):
+    def save(name, layers, step, callbacks=None):
+        torch.save({"state_dict": {"w": torch.zeros(layers, 2)}, "global_step": step, "callbacks": callbacks or {},
+                    "finlight": {"backbone": {"config": {"num_hidden_layers": layers}}}}, tmp_path / name)
+        return str(tmp_path / name)
+
+    scores = {save("e0.ckpt", 4, 10): 0.9, save("e1.ckpt", 3, 20): 0.6, save("e2.ckpt", 3, 30): 0.7,
+              save("e3.ckpt", 2, 40): 0.4}
+    key = "ModelCheckpoint{'monitor': 'val/loss', 'mode': 'min', 'every_n_train_steps': 0}"
+    state = {"monitor": "val/loss", "best_k_models": {p: torch.tensor(v) for p, v in scores.items()}}
+    save("last.ckpt", 2, 40, {key: state, "RNGState": {}})
+    chosen = select_in_run(str(tmp_path), 3)
+    assert (chosen.path, chosen.layers, chosen.how, chosen.mode) == (str(tmp_path / "e1.ckpt"), 3, "depth", "min")
+    assert chosen.value == pytest.approx(0.6) and chosen.saved_parameters == 6
+    assert select_in_run(str(tmp_path), 2).path == str(tmp_path / "e3.ckpt")
+    with pytest.raises(FinlightError, match=r"depth: none of the 5 .*\(5 layers; kept: 2 layers; 3 layers; 4 layers\)"):
+        select_in_run(str(tmp_path), 5)
+    os.remove(tmp_path / "e0.ckpt")  # deleted since: its depth is unknown, so refused unless allowed
+    with pytest.raises(FinlightError, match="deleted since the fit"):
+        select_in_run(str(tmp_path), 3)
+    assert select_in_run(str(tmp_path), 3, allow_missing=True).path == str(tmp_path / "e1.ckpt")
+    os.remove(tmp_path / "last.ckpt")
+    with pytest.raises(FinlightError, match="no last.ckpt"):
+        select_in_run(str(tmp_path), 3)

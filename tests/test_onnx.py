@@ -158,7 +158,8 @@ def test_int8_recipes_quantize_what_they_say_and_are_compared(onnx_dir, tiny_hf_
     fp32 = str(out / "model.onnx")
     config, tokenizer = AutoConfig.from_pretrained(tiny_hf_dir), AutoTokenizer.from_pretrained(tiny_hf_dir)
     ops = {}
-    for recipe in INT8_RECIPES:
+    plain = [r for r in INT8_RECIPES if not INT8_RECIPES[r].get("smooth")]
+    for recipe in plain:
         path = str(tmp_path / f"{recipe}.onnx")
         quantize_int8(fp32, path, recipe, config, length_sorted_feeds(tokenizer, TEXTS, 64))
         ops[recipe] = [(n.op_type, n.name) for n in onnx.load(path).graph.node]
@@ -173,11 +174,14 @@ def test_int8_recipes_quantize_what_they_say_and_are_compared(onnx_dir, tiny_hf_
         assert "MatMulNBits" in kinds[recipe] and "DynamicQuantizeLinear" not in kinds[recipe]
     with pytest.raises(FinlightError, match="calibration"):
         quantize_int8(fp32, str(tmp_path / "x.onnx"), "static-qdq", config)
+    with pytest.raises(FinlightError, match="graph of the smoothed model"):  # not silently the unsmoothed one
+        quantize_int8(fp32, str(tmp_path / "x.onnx"), "smooth-dynamic-per-channel", config, presmoothed=False)
 
     study = compare_int8_recipes(fp32, tokenizer, TEXTS, 64, config, calibration_texts=TEXTS[:6], threads=1,
                                  repeats=1)
     assert study["texts"] == len(TEXTS) and set(study["recipes"]) == {"fp32", *INT8_RECIPES}
-    for recipe in INT8_RECIPES:
+    assert "torch model" in study["recipes"]["smooth-dynamic-per-channel"]["skipped"]  # no model given here
+    for recipe in plain:
         r = study["recipes"][recipe]
         assert 0.0 <= r["agreement"] <= 1.0 and r["agreement"] == 1 - r["disagreements"] / len(TEXTS)
         assert r["samples_per_s"] > 0 and r["size_mb"] > 0
@@ -200,6 +204,34 @@ def test_export_records_the_recipe_and_the_comparison(tiny_hf_dir, tmp_path, cap
         main(["export-onnx", "--model", str(tiny_hf_dir), "--output_dir", str(tmp_path / "o2"), "--int8",
               "--int8_recipe", "fastest"])
     assert "choose one of" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+
+
+def test_smooth_recipe_exports_the_smoothed_graph_and_is_compared(tiny_hf_dir, tmp_path, capsys):
+    import onnx
+
+    from finlight.cli import main
+
+    texts, calibration = tmp_path / "texts.txt", tmp_path / "calibration.txt"
+    texts.write_text("\n".join(TEXTS) + "\n")
+    calibration.write_text("\n".join(reversed(TEXTS)) + "\n")
+    out = tmp_path / "onnx"
+    main(["export-onnx", "--model", str(tiny_hf_dir), "--output_dir", str(out), "--int8_recipe",
+          "smooth-matmul-per-channel", "--int8_compare", str(texts), "--calibration_texts", str(calibration),
+          "--smooth_alpha", "0.7"])
+    manifest = json.loads((out / "finlight_onnx.json").read_text())
+    assert manifest["int8_recipe"] == "smooth-matmul-per-channel" and manifest["smooth_alpha"] == 0.7
+    assert manifest["check"]["int8"]["argmax_agreement"] >= 0.5
+    ops = [n.op_type for n in onnx.load(str(out / "model.int8.onnx")).graph.node]
+    assert "MatMulInteger" in ops and "Mul" in ops  # quantized matmuls behind the smoothing's 1/s products
+    for recipe in ("smooth-dynamic-per-channel", "smooth-matmul-per-channel"):
+        r = manifest["int8_options"]["recipes"][recipe]
+        assert r["smooth_alpha"] == 0.7 and 0.0 <= r["agreement"] <= 1.0 and r["samples_per_s"] > 0
+    assert not [f.name for f in out.iterdir() if f.name.startswith(("tmp", "smoothed"))]  # scratch graphs are gone
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["export-onnx", "--model", str(tiny_hf_dir), "--output_dir", str(tmp_path / "o2"), "--int8_recipe",
+              "smooth-dynamic-per-channel", "--int8"])
+    assert "--calibration_texts" in capsys.readouterr().err and not (tmp_path / "o2").exists()
 
 
 def test_predictor_torch_bf16_backend_is_close_to_fp32(tiny_hf_dir):

@@ -147,6 +147,19 @@ def test_retests_of_one_checkpoint_count_once(in_tmp):
     assert any("count once" in n for n in result["notes"])
 
 
+def test_a_test_logged_under_a_new_experiment_is_its_own_row_with_the_fits_seed(in_tmp):
+    # a pruned fit tested at its final depth, then its 18-layer checkpoint tested under a new experiment name
+    write_run("logs/prune/version_0", 3, {"test/macro_f1": 0.3}, [0] * 10, curve=[0.7, 0.6])
+    write_run("logs/prune_18/version_0", None, {"test/macro_f1": 0.6}, [0] * 10,
+              checkpoint="checkpoints/prune/version_0/epoch04.ckpt")
+    result = build_report(["logs"], "out", resamples=200)
+    groups = {g["group"]: g for g in result["groups"]}
+    assert sorted(groups) == ["prune", "prune_18"] and groups["prune_18"]["runs"] == 1
+    assert groups["prune_18"]["test/macro_f1_mean"] == pytest.approx(0.6)
+    row = next(r for r in result["runs"] if r["group"] == "prune_18")
+    assert row["seed"] == 3  # read from the fit's config, which the checkpoint path leads to
+
+
 def test_report_command_errors_are_one_line(in_tmp, capsys):
     from finlight.cli import main
 

@@ -1,4 +1,4 @@
-"""Which checkpoint of a finished fit to test: ``best``, ``last`` or ``final_depth``.
+"""Which checkpoint of a finished fit to test: ``best``, ``last``, ``final_depth`` (or ``depth``: `select_in_run`).
 
 A run that changes its architecture while training (`SuccessiveLayerDrop`, sub-layer drops) saves checkpoints of
 several depths, and its overall best validation score often belongs to a deeper model from before the drops: testing
@@ -11,6 +11,10 @@ The architecture is what finlight records in every checkpoint (``checkpoint["fin
 callback ranked the files by (``best_k_models``). Ties go to the **earlier** checkpoint, the rule of Lightning's own
 ``best_model_path`` (``max``/``min`` return the first of equal values), so ``best`` and ``final_depth`` agree
 whenever the best checkpoint already has the final depth.
+
+`select_in_run` applies the same rule to a run that finished long ago, from the checkpoint callback state its
+``last.ckpt`` keeps: e.g. the best validation checkpoint *at 18 layers* of a run that went on to 15, an
+intermediate point of its accuracy-vs-size curve, chosen on validation like the others.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Optional, Sequence
 from finlight.errors import FinlightError
 
 HOWS = ("best", "last", "final_depth")
+DEPTH = "depth"  # the best at a given architecture (``final``), for `select_in_run`; not a ``seeds --select`` choice
 
 
 @dataclass(frozen=True)
@@ -88,12 +93,13 @@ def select_checkpoint(candidates: Sequence[Candidate], mode: str, how: str,
     * ``best``: the best score over every ranked candidate;
     * ``last``: the ``is_last`` candidate (what the fit ended with);
     * ``final_depth``: the best score among the ranked candidates whose architecture equals ``final``; none →
-      `FinlightError` (never a silent fall-back to another depth).
+      `FinlightError` (never a silent fall-back to another depth);
+    * ``depth``: the same rule for any architecture ``final`` the run passed through (`select_in_run`).
 
     ``mode`` is the checkpoint callback's (``max``/``min``); ties go to the candidate with the smaller ``step``
     (the earlier one), as Lightning's ``best_model_path``. NaN scores rank last.
     """
-    if how not in HOWS:
+    if how not in (*HOWS, DEPTH):
         raise FinlightError(f"--select {how!r}: use one of {', '.join(HOWS)}")
     if mode not in ("max", "min"):
         raise FinlightError(f"checkpoint.mode={mode!r}: use max or min")
@@ -104,16 +110,17 @@ def select_checkpoint(candidates: Sequence[Candidate], mode: str, how: str,
             raise FinlightError("--select last: the fit kept no last checkpoint; set checkpoint.save_last: true")
         return last[-1]
     ranked = [c for c in candidates if c.score is not None]
-    if how == "final_depth":
+    if how in ("final_depth", DEPTH):
         if final is None:
-            raise FinlightError("--select final_depth needs the run's final architecture")
+            raise FinlightError(f"--select {how} needs the architecture to select at")
         pool = [c for c in ranked if c.architecture == final]
         if not pool:
             kept = [a.describe() for a in sorted({c.architecture for c in ranked},
                                                  key=lambda a: (a.layers, a.removed_sublayers or ""))] or ["none"]
+            which = "the run's final architecture" if how == "final_depth" else "the architecture asked for"
             raise FinlightError(
-                f"--select final_depth: none of the {len(ranked)} checkpoints ranked on {name} has the run's final "
-                f"architecture ({final.describe()}; kept: {'; '.join(kept)}): set checkpoint.save_top_k: -1 to keep "
+                f"--select {how}: none of the {len(ranked)} checkpoints ranked on {name} has {which} "
+                f"({final.describe()}; kept: {'; '.join(kept)}): set checkpoint.save_top_k: -1 to keep "
                 f"every validated checkpoint, or test --select last")
     else:
         pool = ranked
@@ -185,6 +192,44 @@ def select_from_fit(callback, final_config: Optional[dict], how: str) -> Selecti
         chosen = select_checkpoint(candidates, callback.mode, how, final, callback.monitor)
     value = chosen.score if chosen.score is not None and math.isfinite(chosen.score) else None
     return Selection(how, chosen.path, callback.monitor, callback.mode, value, chosen.architecture.layers,
+                     chosen.saved_parameters, chosen.architecture.removed_sublayers)
+
+
+def select_in_run(checkpoint_dir: str, layers: int, allow_missing: bool = False) -> Selection:
+    """The best-validation checkpoint with ``layers`` layers (no sub-layer removals) among those a finished fit
+    kept in ``checkpoint_dir``, ranked as its ModelCheckpoint ranked them (the state saved in ``last.ckpt``).
+
+    A ranked file deleted since is an error (its depth is unknown, so it might have been the choice) unless
+    ``allow_missing``: then it is left out and named in a warning."""
+    import ast
+
+    import torch
+
+    last = os.path.join(checkpoint_dir, "last.ckpt")
+    if not os.path.isfile(last):
+        raise FinlightError(f"{checkpoint_dir}: no last.ckpt, whose checkpoint callback state ranks the run's "
+                            f"checkpoints (checkpoint.save_last: true keeps it)")
+    states = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("callbacks") or {}
+    # Lightning keys a ModelCheckpoint's state by its class name + repr of {monitor, mode, ...}
+    found = [(key, state) for key, state in states.items() if isinstance(state, dict) and "best_k_models" in state]
+    if len(found) != 1:
+        raise FinlightError(f"{last}: records {len(found)} ModelCheckpoint states; need exactly one to rank by")
+    key, state = found[0]
+    mode = ast.literal_eval(key[key.index("{"):]).get("mode", "max")
+    ranked = dict(state["best_k_models"])
+    gone = sorted(p for p in ranked if not os.path.isfile(p))
+    if gone and not allow_missing:
+        raise FinlightError(f"{checkpoint_dir}: {len(gone)} ranked checkpoint(s) deleted since the fit (e.g. "
+                            f"{gone[0]}); their depth is unknown, so the choice could be wrong")
+    if gone:
+        import logging
+
+        logging.getLogger("finlight.checkpoints").warning("select_in_run: left out %d deleted checkpoint(s): %s",
+                                                          len(gone), ", ".join(gone))
+    candidates = candidates_from_callback({p: v for p, v in ranked.items() if p not in gone}, last)
+    chosen = select_checkpoint(candidates, mode, DEPTH, Architecture(int(layers)), state.get("monitor"))
+    value = chosen.score if chosen.score is not None and math.isfinite(chosen.score) else None
+    return Selection(DEPTH, chosen.path, state.get("monitor"), mode, value, chosen.architecture.layers,
                      chosen.saved_parameters, chosen.architecture.removed_sublayers)
 
 

@@ -9,7 +9,7 @@ Reads every tested run (a folder with ``test_metrics.json``) under the given pat
   e.g. ``final_depth (2 layers)``; "—" for runs tested without it), test metrics, best validation macro-F1,
   parameters, size, latency (from ``latency.json`` when the run has one) and the paired tests against the
   baseline run of the same seed;
-* ``groups.csv``: runs grouped by experiment, mean ± std (sample std, ddof=1) over seeds, Δ vs the baseline;
+* ``groups.csv``: runs grouped by experiment (the one the test was logged under), mean ± std (sample std, ddof=1) over seeds, Δ vs the baseline;
 * ``paired.csv`` (only when there are pairs): for each run and its baseline evaluated on the same test set,
   McNemar's test on per-example correctness and a paired bootstrap of the macro-F1 difference (95 % CI, p-value);
 * ``val_curves.png``: per-epoch validation curves of every run, overlaid (TensorBoard events);
@@ -231,7 +231,9 @@ def read_run(folder: str) -> Run:
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise FinlightError(f"{sweep_file}: not a finlight threshold sweep ({type(err).__name__}: {err})") from None
     seed = config.get("seed_everything")
-    return Run(path=str(run_dir), fit_path=str(fit_dir), group=fit_dir.parent.name, seed=seed if isinstance(seed, int) else None,
+    # the group is the experiment the test was logged under: a retest under the fit's name joins its row, a test of
+    # another checkpoint of the same fit under a new name (e.g. the same run at an intermediate depth) is a row
+    return Run(path=str(run_dir), fit_path=str(fit_dir), group=run_dir.parent.name, seed=seed if isinstance(seed, int) else None,
                label_names=list(report.get("label_names") or []), metrics=metrics, config=config, latency=latency,
                checkpoint=report.get("checkpoint"), selected=report.get("selected"),
                confusion=report.get("confusion_matrix"), sweep=sweep)

@@ -10,8 +10,11 @@ monitored validation score), ``last`` (what the fit ended with) or ``final_depth
 the checkpoints with the architecture the run ended with: for layer-dropping runs, whose overall best is often a
 deeper model from before the drops). ``test_metrics.json`` records the choice under ``"selected"``.
 
-Only ``seed_everything`` changes between runs (weight init, dropout, batch order): the data split keeps its own
-``data.seed``, so every seed is scored on the same test set and runs pair up for significance tests.
+Only ``seed_everything`` changes between runs: weight init (new heads, LoRA) and dropout. The data split keeps its
+own ``data.seed``, so every seed is scored on the same test set and runs pair up for significance tests, and so does
+the training batch order (``data.order_seed``, default ``data.seed``): a run without random init or dropout (full
+fine-tuning of a model without a new head, dropout 0) is the same run under every seed; pass
+``--data.init_args.order_seed`` per seed to vary the data order too.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ def seeds_command(config: list[str], seeds: list[NonNegativeInt], experiment: Op
               f"{selected.monitor} {value})")
         trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=selected.path)
         if trainer.is_global_zero:
-            _record_selection(trainer.log_dir, selected.record())
+            record_selection(trainer.log_dir, selected.record())
         run_dirs.append(trainer.log_dir)
 
     from finlight.report.compare import build_report
@@ -96,7 +99,7 @@ def _final_config(module) -> dict:
     return config.to_dict()
 
 
-def _record_selection(run_dir: str, selected: dict) -> None:
+def record_selection(run_dir: str, selected: dict) -> None:
     """Add which checkpoint was tested, and why, to the run's ``test_metrics.json`` (written by the test)."""
     path = Path(run_dir) / "test_metrics.json"
     if not path.is_file():

@@ -17,17 +17,24 @@
 #   smollm2_pb_sapling_from_lora, smollm2_pb_trimllm_from_lora
 #                       the same two recipes started from the fine-tuned ceiling (the LoRA run's tested checkpoint,
 #                       merged: --model.init_args.backbone logs/smollm2_compression/export_lora_merged) instead of
-#                       the untuned instruct model: prune the classifier you have, the seed's setting
+#                       the untuned instruct model: prune the classifier you have, the seed's setting. Nothing in
+#                       them is random but the batch order, so training seed N uses data.order_seed 41 + N (42 =
+#                       data.seed for seed 1); under data.seed's order every seed was the same run, to the digit
+#   smollm2_pb_sapling_from_lora_18of30
+#                       test only: each seed's smollm2_pb_sapling_from_lora fit at 18 layers, its best val/macro_f1
+#                       checkpoint among those at that depth (finlight.prune.checkpoint_selection.select_in_run; the
+#                       choice is recorded under "selected" in test_metrics.json): the point before the last drop
 # Then `finlight report` of the runs against smollm2_pb_lora (report.md, runs.csv, groups.csv, paired.csv,
 # val_curves.png here; paired McNemar + bootstrap on the test predictions), the LoRA run's tested checkpoint exported
 # merged (logs/smollm2_compression/export_lora_merged), and benchmarks/compression_report.py on the test split, CPU,
 # 2 threads, each variant in a fresh process: the untuned model (zero-shot), the merged LoRA model and its dynamic
 # INT8 / bitsandbytes 8-bit / bitsandbytes 4-bit (NF4) / GPTQ 4-bit forms, the 15-layer model of the SAPLING
 # run (sapling_15of30: its best val/macro_f1 checkpoint at 15 layers, the one `seeds` tested) and that model in
-# GPTQ 4-bit (GPTQ of a pruned model), and the TrimLLM model → compression/ here (report.md, report.csv, results.json, pareto.png). Accuracy is constrained
-# scoring of the label words; scoring_tokens_per_s = prompt scoring; gen_tokens_per_s = greedy decoding of 16 new
-# tokens for 32 test prompts, 8 at a time. The two *_from_lora models are measured the same way beside the merged
-# LoRA model → compression_from_lora/ here.
+# GPTQ 4-bit (GPTQ of a pruned model), and the TrimLLM model → compression/ here (report.md, report.csv,
+# results.json, pareto.png). Accuracy is constrained scoring of the label words; scoring_tokens_per_s = prompt
+# scoring; gen_tokens_per_s = greedy decoding of 16 new tokens for 32 test prompts, 8 at a time. The *_from_lora
+# models (SAPLING at 18 and at 15 layers, TrimLLM; first seed) are measured the same way beside the merged LoRA
+# model → compression_from_lora/ here.
 #
 # GPTQ needs gptqmodel 7.6.0 + optimum 2.3.0, which pin numpy 2.2.6: they live in an overlay venv (GPTQ_PYTHON,
 # default /tmp/s18c_gptq_venv/bin/python: a venv whose .pth adds .venv's site-packages) so .venv is unchanged; made by
@@ -42,19 +49,21 @@
 # than its checkpoint; the compression table is not measured again while compression/results.json is newer than
 # every checkpoint it reads (FORCE_COMPRESSION=1 measures again). One line per step in logs/smollm2_compression/
 # progress.log. Environment: PYTHON (default .venv/bin/python), SEEDS (default "1"), STAGES (default
-# "train report compression"), ROWS_ONLY (train only these rows), DRY_RUN=1.
+# "train depth report compression"), ROWS_ONLY (train only these rows), DRY_RUN=1.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 source reports/study_lib.sh  # HF_HUB_OFFLINE, PYTHON, say, tested_checkpoint
 export GPTQMODEL_TORCH_EXTENSIONS_DIR=${GPTQMODEL_TORCH_EXTENSIONS_DIR:-/tmp/s18c_gptq_ext} GPTQMODEL_CPU_WORKERS=2
 GPTQ_PYTHON=${GPTQ_PYTHON:-/tmp/s18c_gptq_venv/bin/python}
 read -r -a SEED_LIST <<< "${SEEDS:-1}"
-STAGES=${STAGES:-train report compression}
+STAGES=${STAGES:-train depth report compression}
 OUT=reports/smollm2_compression
 WORK=logs/smollm2_compression
 PROGRESS=$WORK/progress.log
 BASELINE=smollm2_pb_lora
 EXPORT=$WORK/export_lora_merged
+DEPTH_ROW=smollm2_pb_sapling_from_lora_18of30
+DEPTH_LAYERS=18
 ROWS=(
   "smollm2_pb_lora|smollm2_phrasebank_labelword_lora|best"
   "smollm2_pb_sapling|smollm2_phrasebank_sapling|final_depth"
@@ -94,7 +103,9 @@ run_one() {  # row, config, select, seed, start ("lora": from the merged ceiling
   local command=("$PYTHON" -m finlight seeds --config "configs/$stem.yaml" --seeds "$seed" --select "$how"
                  --experiment "$row" --report_dir "$WORK/seeds_$row" --trainer.enable_progress_bar false)
   if [ "$start_from" = lora ]; then
-    command+=(--model.init_args.backbone "$EXPORT")
+    # from the fixed ceiling, full fine-tuning with dropout 0: only the batch order can differ between seeds
+    # (seed 1 keeps data.seed's order, 42, as its first run had)
+    command+=(--model.init_args.backbone "$EXPORT" --data.init_args.order_seed "$((41 + seed))")
     [ "${DRY_RUN:-0}" = 1 ] || ensure_export || { FAILED=1; return 1; }
   fi
   local out="$WORK/$row.seed$seed.out"
@@ -124,6 +135,46 @@ if stage train; then
   done
 fi
 
+# the test folder of checkpoint $1 under $DEPTH_ROW, or nothing
+depth_test_of() {
+  local f
+  for f in logs/"$DEPTH_ROW"/version_*/test_metrics.json; do
+    [ -f "$f" ] && grep -qF "\"checkpoint\": \"$1\"" "$f" && { dirname "$f"; return; }
+  done
+}
+
+# seed → the 18-layer checkpoint of its smollm2_pb_sapling_from_lora fit, tested under $DEPTH_ROW (once); prints the
+# test folder
+test_at_depth() {
+  local seed=$1 fit selected ckpt folder
+  fit=$(done_run smollm2_pb_sapling_from_lora smollm2_phrasebank_sapling final_depth "$seed")
+  [ -n "$fit" ] || return 0
+  selected=$("$PYTHON" -c 'import json, sys
+from finlight.prune.checkpoint_selection import select_in_run
+print(json.dumps(select_in_run(sys.argv[1], int(sys.argv[2]), allow_missing=True).record()))' \
+    "$(dirname "$(tested_checkpoint "$fit")")" \
+    "$DEPTH_LAYERS") || { say "FAIL  no $DEPTH_LAYERS-layer checkpoint of $fit" >&2; FAILED=1; return 0; }
+  ckpt=$("$PYTHON" -c 'import json, sys; print(json.loads(sys.argv[1])["path"])' "$selected")
+  folder=$(depth_test_of "$ckpt")
+  if [ -n "$folder" ]; then
+    say "skip  $DEPTH_ROW seed $seed (done: $folder)" >&2
+  elif [ "${DRY_RUN:-0}" = 1 ]; then
+    echo "would run: $PYTHON -m finlight test --config configs/smollm2_phrasebank_sapling.yaml --ckpt_path $ckpt" \
+      "--experiment $DEPTH_ROW --model.init_args.backbone $EXPORT" >&2
+  elif "$PYTHON" -m finlight test --config configs/smollm2_phrasebank_sapling.yaml --ckpt_path "$ckpt" \
+      --experiment "$DEPTH_ROW" --model.init_args.backbone "$EXPORT" --trainer.enable_progress_bar false \
+      > "$WORK/$DEPTH_ROW.seed$seed.out" 2>&1 && folder=$(depth_test_of "$ckpt") && [ -n "$folder" ]; then
+    "$PYTHON" -c 'import json, sys
+from finlight.report.seeds import record_selection
+record_selection(sys.argv[1], json.loads(sys.argv[2]))' "$folder" "$selected"
+    say "done  $DEPTH_ROW seed $seed: $ckpt → $folder" >&2
+  else
+    say "FAIL  $DEPTH_ROW seed $seed; see $WORK/$DEPTH_ROW.seed$seed.out" >&2
+    FAILED=1
+  fi
+  echo "$folder"
+}
+
 RUNS=()
 MISSING=()
 declare -A FIRST
@@ -139,6 +190,12 @@ for spec in "${ROWS[@]}"; do
     fi
   done
 done
+if stage depth; then
+  for seed in "${SEED_LIST[@]}"; do
+    folder=$(test_at_depth "$seed")
+    if [ -n "$folder" ]; then RUNS+=("$folder"); else MISSING+=("$DEPTH_ROW/seed$seed"); fi
+  done
+fi
 if [ "${DRY_RUN:-0}" = 1 ]; then
   stage report && echo "would run: $PYTHON -m finlight report ${RUNS[*]} [+ the runs of: ${MISSING[*]}] --baseline $BASELINE --output_dir $OUT"
   stage compression && echo "would run: $PYTHON -m finlight export --ckpt_path <$BASELINE's tested checkpoint> --output_dir $EXPORT --merged" &&
@@ -222,10 +279,13 @@ if stage compression; then
   sapling_lora=$(tested_checkpoint "${FIRST[smollm2_pb_sapling_from_lora]}")
   trimllm_lora=$(tested_checkpoint "${FIRST[smollm2_pb_trimllm_from_lora]}")
   if [ "$OUT/compression_from_lora/results.json" -nt "$sapling_lora" ] && \
-     [ "$OUT/compression_from_lora/results.json" -nt "$trimllm_lora" ] && [ "${FORCE_COMPRESSION:-0}" != 1 ]; then
+     [ "$OUT/compression_from_lora/results.json" -nt "$trimllm_lora" ] && \
+     grep -q "sapling_from_lora_${DEPTH_LAYERS}of30" "$OUT/compression_from_lora/results.json" && \
+     [ "${FORCE_COMPRESSION:-0}" != 1 ]; then
     say "skip  compression_from_lora table (newer than its checkpoints)"
   elif "$PYTHON" benchmarks/compression_report.py --config configs/smollm2_phrasebank_labelword_lora.yaml \
-      --variant "lora=$EXPORT" --variant "sapling_from_lora=$sapling_lora" --variant "trimllm_from_lora=$trimllm_lora" \
+      --variant "lora=$EXPORT" --sapling_run "sapling_from_lora=$(dirname "$sapling_lora")" \
+      --sapling_depths "$DEPTH_LAYERS" 15 --variant "trimllm_from_lora=$trimllm_lora" \
       --reference lora --device cpu --threads 2 --repeats 1 --batch_size 32 --gen_examples 32 --gen_tokens 16 \
       --gen_batch 8 --out "$OUT/compression_from_lora" > "$WORK/compression_from_lora.out" 2>&1; then
     say "compression_from_lora table done: $OUT/compression_from_lora/report.md"

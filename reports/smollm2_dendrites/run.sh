@@ -12,15 +12,20 @@
 #          (its twin) and smollm2_phrasebank_lora_restart (the plain run with the dendritic run's optimizer +
 #          schedule restart after epoch 1, the control), training seeds SEEDS, each one `finlight seeds --select
 #          best` (3 epochs, the best val macro-F1 checkpoint tested once).
-#   report `finlight report` of all runs, each row paired seed by seed against the plain one (report.md,
+#   nf4    the plain and the dendritic row on a 4-bit NF4 base (configs/smollm2_phrasebank_lora_nf4.yaml and
+#          configs/smollm2_phrasebank_lora_dendritic_nf4.yaml, identical otherwise), training seeds NF4_SEEDS.
+#   report `finlight report` of all fp32-base runs, each row paired seed by seed against the plain one (report.md,
 #          runs.csv, groups.csv, paired.csv, val_curves.png: val acc / macro-F1 / loss per epoch), the dendritic
 #          row against the restart control (vs_restart/), and the first
 #          seed's tested checkpoints once more through `test` with the LatencyProfiler (parameters, checkpoint
 #          size, ms at batch 1, samples/s at batch 16, on CPU): latency.md here.
+#          The NF4 rows with the fp32-base plain and dendritic runs of the same seeds, paired against the NF4 plain
+#          row → nf4/ here.
 # Resumable: a (row, seed) is done when logs/<row>/version_N/ holds its finished test (reports/done_run.py); the probe
 # when nf4_probe.txt exists. Console output: logs/smollm2_dendrites/<step>.out; one line per step in progress.log.
 #
-# Environment: PYTHON (default .venv/bin/python), SEEDS (default "1 2 3"), TRAIN_SUBSAMPLE (default 800: a stratified
+# Environment: PYTHON (default .venv/bin/python), SEEDS (default "1 2 3"), NF4_SEEDS (default "1"; empty: no NF4
+# rows), TRAIN_SUBSAMPLE (default 800: a stratified
 # subsample of that many training sentences, the same for both rows; empty = the whole split), PROBE_ONLY=1 (stop after
 # the probe), DRY_RUN=1.
 set -uo pipefail
@@ -33,6 +38,9 @@ PROGRESS=$WORK/progress.log
 BASELINE=smollm2_phrasebank_lora
 CONTROL=smollm2_phrasebank_lora_restart
 ROWS=(smollm2_phrasebank_lora smollm2_phrasebank_lora_dendritic "$CONTROL")
+NF4_BASELINE=smollm2_phrasebank_lora_nf4
+NF4_ROWS=("$NF4_BASELINE" smollm2_phrasebank_lora_dendritic_nf4)
+read -r -a NF4_SEED_LIST <<< "${NF4_SEEDS-1}"
 LATENCY_ROWS=(smollm2_phrasebank_lora smollm2_phrasebank_lora_dendritic)  # the control has the plain architecture
 METRICS=(test/acc test/macro_f1 test/weighted_f1 test/loss test/dendrite_sets)
 EXTRA=(--trainer.enable_progress_bar false)
@@ -84,15 +92,21 @@ fi
 
 [ "${PROBE_ONLY:-0}" = 1 ] && exit "$FAILED"
 
-# --- the two rows, seed by seed
-for row in "${ROWS[@]}"; do
-  for seed in "${SEED_LIST[@]}"; do
-    folder=$(done_run "$row" "$seed")
-    if [ -n "$folder" ]; then say "skip  $row seed $seed (done: $folder)"; continue; fi
-    step "$row.seed$seed" "$PYTHON" -m finlight seeds --config "configs/$row.yaml" --seeds "$seed" --select best \
-      --experiment "$row" --report_dir "$WORK/seeds_$row" "${EXTRA[@]}" || break
+# --- the rows, seed by seed (fp32 base, then the NF4 pair)
+train_rows() {  # seeds (one word), rows…
+  local seeds=$1 row seed folder
+  shift
+  for row in "$@"; do
+    for seed in $seeds; do
+      folder=$(done_run "$row" "$seed")
+      if [ -n "$folder" ]; then say "skip  $row seed $seed (done: $folder)"; continue; fi
+      step "$row.seed$seed" "$PYTHON" -m finlight seeds --config "configs/$row.yaml" --seeds "$seed" --select best \
+        --experiment "$row" --report_dir "$WORK/seeds_$row" "${EXTRA[@]}" || break
+    done
   done
-done
+}
+train_rows "${SEED_LIST[*]}" "${ROWS[@]}"
+[ ${#NF4_SEED_LIST[@]} -gt 0 ] && train_rows "${NF4_SEED_LIST[*]}" "${NF4_ROWS[@]}"
 
 # --- report and latency table
 RUNS=()
@@ -111,7 +125,15 @@ for row in "${ROWS[@]}"; do
     fi
   done
 done
+NF4_RUNS=()
+for row in "${NF4_ROWS[@]}" "$BASELINE" smollm2_phrasebank_lora_dendritic; do
+  for seed in "${NF4_SEED_LIST[@]}"; do
+    folder=$(done_run "$row" "$seed")
+    if [ -n "$folder" ]; then NF4_RUNS+=("$folder"); else MISSING+=("$row/seed$seed"); fi
+  done
+done
 if [ "$DRY" = 1 ]; then
+  echo "would run: finlight report ${NF4_RUNS[*]} --baseline $NF4_BASELINE → $OUT/nf4"
   echo "would run: finlight report ${RUNS[*]} [+ ${MISSING[*]}] --baseline $BASELINE → $OUT (and vs $CONTROL → $OUT/vs_restart); latency (test + LatencyProfiler) of the first seed → $OUT/latency.md"
   exit 0
 fi
@@ -120,6 +142,8 @@ if [ ${#MISSING[@]} -gt 0 ]; then
   exit 1
 fi
 step report "$PYTHON" -m finlight report "${RUNS[@]}" --baseline "$BASELINE" --metrics "${METRICS[@]}" --output_dir "$OUT"
+[ ${#NF4_SEED_LIST[@]} -gt 0 ] && step report_nf4 "$PYTHON" -m finlight report "${NF4_RUNS[@]}" \
+  --baseline "$NF4_BASELINE" --metrics "${METRICS[@]}" --output_dir "$OUT/nf4"
 step report_vs_restart "$PYTHON" -m finlight report "${VS_CONTROL[@]}" --baseline "$CONTROL" --metrics "${METRICS[@]}" \
   --output_dir "$OUT/vs_restart"
 # parameters, checkpoint size, latency at batch 1 and throughput at batch 16 of the first seed's tested checkpoints:

@@ -105,7 +105,10 @@ class ClassificationDataModule(ModelTokenizer, LoaderPerSplit, DataReport, pl.Li
         split_ratios: train / val / test shares for sources without splits.
         train_subsample: train on only this many rows of the train split: a stratified sample drawn with
             ``seed`` after splitting (val and test stay whole), for models too slow for a full epoch.
-        seed: seed of the split and of the training batch order.
+        seed: seed of the split and (unless ``order_seed``) of the training batch order.
+        order_seed: seed of the training batch order alone (default: ``seed``). The split stays ``seed``'s, so
+            runs with other order seeds are scored on the same test set and pair up; ``seed_everything`` does not
+            reach the order (it is drawn from this seed), so vary this one for runs that differ in data order.
         max_length: tokens per example (incl. special tokens); longer texts are truncated and counted.
         batch_size / eval_batch_size: training / evaluation batch sizes.
         group_by_length: length-grouped training batches (much less padding than random batches).
@@ -135,6 +138,7 @@ class ClassificationDataModule(ModelTokenizer, LoaderPerSplit, DataReport, pl.Li
         split_ratios: tuple[NonNegativeFloat, NonNegativeFloat, NonNegativeFloat] = (0.8, 0.1, 0.1),
         train_subsample: Optional[PositiveInt] = None,
         seed: NonNegativeInt = 42,
+        order_seed: Optional[NonNegativeInt] = None,
         max_length: PositiveInt = 128,
         batch_size: PositiveInt = 32,
         eval_batch_size: Optional[PositiveInt] = None,
@@ -407,18 +411,22 @@ class ClassificationDataModule(ModelTokenizer, LoaderPerSplit, DataReport, pl.Li
         ids, truncated = encode_texts(tokenizer, texts, self.hp.max_length)
         return EncodedDataset(ids, labels), truncated
 
+    def _order_seed(self) -> int:
+        order = self.hp.get("order_seed")  # absent from the hyper-parameters of checkpoints saved before it existed
+        return self.hp.seed if order is None else order
+
     def _loader(self, split: str) -> DataLoader:
         dataset = self.dataset(split)
         train = split == "train"
         if train and self.hp.group_by_length:
             world = self.trainer.world_size if self.trainer is not None else 1
             rank = self.trainer.global_rank if self.trainer is not None else 0
-            sampler = LengthGroupedSampler(dataset.lengths, self.hp.batch_size, seed=self.hp.seed,
+            sampler = LengthGroupedSampler(dataset.lengths, self.hp.batch_size, seed=self._order_seed(),
                                            num_replicas=world, rank=rank)
         elif train:
             import torch
             sampler = None
-            generator = torch.Generator().manual_seed(self.hp.seed)
+            generator = torch.Generator().manual_seed(self._order_seed())
         else:
             sampler = SortedSampler(dataset.lengths)
         pad_id = self.tokenizer.pad_token_id
