@@ -512,6 +512,9 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
                              "through (NAME_<depth>of<start>; NAME defaults to sapling)")
     parser.add_argument("--sapling_depths", type=int, nargs="+", default=None, metavar="DEPTH",
                         help="only these depths (parts, for a sub-layer run) of each --sapling_run (default: all)")
+    parser.add_argument("--sapling_start", type=int, default=None, metavar="DEPTH",
+                        help="the depth the --sapling_run runs started from, for the variant names (default: the "
+                             "deepest checkpoint kept, wrong once the early checkpoints are deleted)")
     parser.add_argument("--gpu_variant", action="append", default=[],
                         help="NAME=CKPT_OR_HF_DIR measured only where CUDA is available")
     for flag, quant in (("--int8", "int8"), ("--bnb4", "bnb4"), ("--bnb8", "bnb8"), ("--gptq", "gptq4")):
@@ -551,7 +554,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         prefix, folder = given.split("=", 1) if "=" in given and not os.path.isdir(given) else ("sapling", given)
         unit = "parts" if is_sublayer_run(folder) else "layers"
         depths = best_by_depth(folder, unit)
-        top, suffix = max(depths), "" if unit == "layers" else "parts"
+        top, suffix = args.sapling_start or max(depths), "" if unit == "layers" else "parts"
         missing = sorted(set(args.sapling_depths or ()) - set(depths), reverse=True)
         if missing:
             parser.error(f"--sapling_depths {missing}: {folder} has no checkpoint at that depth "

@@ -285,7 +285,7 @@ if stage compression; then
     say "skip  compression_from_lora table (newer than its checkpoints)"
   elif "$PYTHON" benchmarks/compression_report.py --config configs/smollm2_phrasebank_labelword_lora.yaml \
       --variant "lora=$EXPORT" --sapling_run "sapling_from_lora=$(dirname "$sapling_lora")" \
-      --sapling_depths "$DEPTH_LAYERS" 15 --variant "trimllm_from_lora=$trimllm_lora" \
+      --sapling_depths "$DEPTH_LAYERS" 15 --sapling_start 30 --variant "trimllm_from_lora=$trimllm_lora" \
       --reference lora --device cpu --threads 2 --repeats 1 --batch_size 32 --gen_examples 32 --gen_tokens 16 \
       --gen_batch 8 --out "$OUT/compression_from_lora" > "$WORK/compression_from_lora.out" 2>&1; then
     say "compression_from_lora table done: $OUT/compression_from_lora/report.md"
