@@ -9,7 +9,8 @@ The alpha with the best selection agreement (ties: the smaller) is then measured
 ONNX Runtime on longest-first batches of 32, tokenization excluded, median of 3 rounds in which every graph runs
 in turn, as a ratio to the fp32 graph measured in the same rounds.
 
-    HF_HUB_OFFLINE=1 python benchmarks/int8_smoothing.py [--model bench_out/minilm_ft_hf] [--out reports/onnx_int8_minilm/smoothing.json]
+    HF_HUB_OFFLINE=1 python benchmarks/int8_smoothing.py [--model bench_out/minilm_ft_hf] \
+        [--out reports/onnx_int8_minilm/smoothing.json]
 
 ``--model``: a fine-tuned Hugging Face classifier directory (``benchmarks/inference.py`` without ``--model`` makes
 bench_out/minilm_ft_hf, the one of reports/onnx_int8_minilm/).
@@ -123,8 +124,8 @@ def main():
             rows[name]["samples_per_s"] = timed / statistics.median(seconds[name])
             rows[name]["speedup_vs_fp32"] = rows[name]["samples_per_s"] / fp32_speed
     result["judged"] = rows
-    print(f"\n{len(judged_texts)} PhraseBank 50Agree sentences, agreement with the fp32 graph; speed on {timed} of them, "
-          f"{args.threads} threads")
+    print(f"\n{len(judged_texts)} PhraseBank 50Agree sentences, agreement with the fp32 graph; speed on {timed} of "
+          f"them, {args.threads} threads")
     print(f"{'graph':44s} {'agreement':>10s} {'flips':>6s} {'samples/s':>10s} {'x fp32':>7s} {'MB':>6s}")
     for name, r in sorted(rows.items(), key=lambda kv: kv[0] != "fp32"):
         print(f"{name:44s} {r['agreement']:10.2%} {r['flips']:6d} {r['samples_per_s']:10.0f} "

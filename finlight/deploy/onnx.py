@@ -460,8 +460,8 @@ def _write_graph(wrapper: torch.nn.Module, example: dict, path: str, opset: int,
             "logits": {0: "batch"}}
     with _quiet():
         kwargs = {"external_data": sizes > 1.8e9, "verbose": False} if dynamo else {}
-        torch.onnx.export(wrapper, (torch.from_numpy(example["input_ids"]), torch.from_numpy(example["attention_mask"])),
-                          path, input_names=["input_ids", "attention_mask"], output_names=["logits"],
+        inputs = (torch.from_numpy(example["input_ids"]), torch.from_numpy(example["attention_mask"]))
+        torch.onnx.export(wrapper, inputs, path, input_names=["input_ids", "attention_mask"], output_names=["logits"],
                           dynamic_axes=axes, opset_version=opset, dynamo=dynamo, **kwargs)
     return _optimize_graph(path, wrapper.model.config) if optimize else None
 
