@@ -12,19 +12,22 @@ tested_checkpoint() {
   "$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1] + "/test_metrics.json"))["selected"]["path"])' "$1"
 }
 
-# step NAME COMMAND…: run it (console → $WORK/NAME.out) unless DRY_RUN=1, with start / done / FAIL lines in the
+# step_to NAME OUT COMMAND…: run it (console → OUT) unless DRY_RUN=1, with start / done / FAIL lines in the
 # progress log; a failure sets FAILED=1 and returns 1 (callers may `|| break`)
-step() {
-  local name=$1
-  shift
+step_to() {
+  local name=$1 out=$2
+  shift 2
   if [ "${DRY_RUN:-0}" = 1 ]; then echo "would run: $*"; return 0; fi
-  say "start $name → $WORK/$name.out"
+  say "start $name → $out"
   local start=$SECONDS
-  if "$@" > "$WORK/$name.out" 2>&1; then
+  if "$@" > "$out" 2>&1; then
     say "done  $name in $((SECONDS - start)) s"
   else
-    say "FAIL  $name after $((SECONDS - start)) s; see $WORK/$name.out"
+    say "FAIL  $name after $((SECONDS - start)) s; see $out"
     FAILED=1
     return 1
   fi
 }
+
+# step NAME COMMAND…: step_to with the console in $WORK/NAME.out
+step() { step_to "$1" "$WORK/$1.out" "${@:2}"; }

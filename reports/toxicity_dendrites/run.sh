@@ -32,7 +32,7 @@
 # nothing).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
-source reports/study_lib.sh  # HF_HUB_OFFLINE, PYTHON, say, tested_checkpoint
+source reports/study_lib.sh  # HF_HUB_OFFLINE, PYTHON, say, step_to, tested_checkpoint
 read -r -a SEED_LIST <<< "${SEEDS:-1 2 3}"
 read -r -a MINILM_SEED_LIST <<< "${MINILM_SEEDS:-${SEEDS:-1 2 3}}"
 read -r -a LR_LIST <<< "${LR_GRID:-2e-5 1e-4 5e-4 1e-3 2e-3}"
@@ -55,20 +55,6 @@ done_run() { "$PYTHON" reports/done_run.py "$1" "$1" any "$2"; }  # newest finis
 seeds_of() { if [ "$1" = "$MINILM" ]; then echo "${MINILM_SEED_LIST[*]}"; else echo "${SEED_LIST[*]}"; fi; }
 FAILED=0
 
-step() {  # name, log file, command…: run it unless DRY_RUN, log start / done / FAIL
-  local name=$1 out=$2
-  shift 2
-  if [ "$DRY" = 1 ]; then echo "would run: $*"; return 0; fi
-  say "start $name → $out"
-  local start=$SECONDS
-  if "$@" > "$out" 2>&1; then
-    say "done  $name in $((SECONDS - start)) s"
-  else
-    say "FAIL  $name after $((SECONDS - start)) s; see $out"
-    FAILED=1
-    return 1
-  fi
-}
 
 say "study start: seeds ${SEED_LIST[*]} (MiniLM: ${MINILM_SEED_LIST[*]}), lr grid ${LR_LIST[*]}, python $PYTHON"
 
@@ -80,7 +66,7 @@ grid_fit() {  # config, lr
     say "skip  lr grid $1 $2 (done: $(ls checkpoints/$exp/version_*/epoch*.ckpt | head -1))"
     return 0
   fi
-  step "lr grid $1 $2" "$WORK/$exp.out" "$PYTHON" -m finlight fit --config "configs/$1.yaml" --seed_everything 1 \
+  step_to "lr grid $1 $2" "$WORK/$exp.out" "$PYTHON" -m finlight fit --config "configs/$1.yaml" --seed_everything 1 \
     --experiment "$exp" --model.init_args.learning_rate "$2" --trainer.enable_progress_bar false
 }
 for lr in "${LR_LIST[@]}"; do grid_fit "$BASELINE" "$lr"; done
@@ -107,7 +93,7 @@ for stem in "$BASELINE" "$DENDRITIC" "$DENDRITIC1" "$MINILM"; do
   for seed in $(seeds_of "$stem"); do
     folder=$(done_run "$stem" "$seed")
     if [ -n "$folder" ]; then say "skip  $stem seed $seed (done: $folder)"; continue; fi
-    step "$stem seed $seed" "$WORK/$stem.seed$seed.out" "$PYTHON" -m finlight seeds --config "configs/$stem.yaml" \
+    step_to "$stem seed $seed" "$WORK/$stem.seed$seed.out" "$PYTHON" -m finlight seeds --config "configs/$stem.yaml" \
       --seeds "$seed" --report_dir "$WORK/seeds_$stem" --trainer.enable_progress_bar false \
       && [ "$DRY" != 1 ] && say "      $stem seed $seed: $(done_run "$stem" "$seed")"
   done
@@ -128,7 +114,7 @@ elif [ ${#MISSING[@]} -gt 0 ]; then
   say "no report: missing ${MISSING[*]} (rerun this script; finished runs are skipped)"
   exit 1
 else
-  step "report of ${#RUNS[@]} runs against $BASELINE" "$WORK/report.out" "$PYTHON" -m finlight report "${RUNS[@]}" \
+  step_to "report of ${#RUNS[@]} runs against $BASELINE" "$WORK/report.out" "$PYTHON" -m finlight report "${RUNS[@]}" \
     --baseline "$BASELINE" --metrics "${METRICS[@]}" --output_dir "$OUT"
 fi
 
@@ -153,12 +139,12 @@ for recipe in weight-only dynamic-per-channel; do
     say "skip  ONNX $recipe (done: $dir)"
     continue
   fi
-  step "ONNX export ($recipe) of $BASE_CKPT" "$WORK/onnx_$recipe.out" "$PYTHON" -m finlight export-onnx \
+  step_to "ONNX export ($recipe) of $BASE_CKPT" "$WORK/onnx_$recipe.out" "$PYTHON" -m finlight export-onnx \
     --ckpt_path "$BASE_CKPT" --output_dir "$dir" --int8 --int8_recipe "$recipe" --max_length 128
 done
 
 # 5. speed (and quality) of the seed-1 models and the ONNX graphs, in turns in one process
-step "speed comparison" "$OUT/speed.md" "$PYTHON" benchmarks/speed_compare.py --texts "$BASE_RUN/test_predictions.csv" \
+step_to "speed comparison" "$OUT/speed.md" "$PYTHON" benchmarks/speed_compare.py --texts "$BASE_RUN/test_predictions.csv" \
   --model "bert_tiny_splade=$BASE_CKPT" --model "bert_tiny_splade_dendritic=$(tested_ckpt "$DEND_RUN")" \
   --model "bert_tiny_splade_dendritic_switch1=$(tested_ckpt "$DEND1_RUN")" \
   --model "minilm_l6=$(tested_ckpt "$MINI_RUN")" \
