@@ -116,6 +116,12 @@ def main() -> None:
     parser.add_argument("--backbone", default=None,
                         help="fine-tune this pretrained encoder (an HF directory, or 'minilm' for the installed "
                              "all-MiniLM-L6-v2) instead of training bert-tiny from scratch")
+    parser.add_argument("--int8_recipe", default=None,
+                        help="export-onnx's INT8 recipe for the INT8 variants (default: its default); smooth-* and "
+                             "static-qdq calibrate on 512 earnings-call sentences (benchmarks/int8_smoothing.py's)")
+    parser.add_argument("--int8_keep_fp32_from", default=None,
+                        help="a benchmarks/int8_mixed.py result (mixed.json): keep its chosen nodes of --int8_recipe "
+                             "in fp32 (fused graph only: the unfused variants are then skipped)")
     parser.add_argument("--quick", action="store_true",
                         help="a check of the script: 1 training epoch on a 400-sentence sample, 1 round, no "
                              "unfused graphs")
@@ -133,7 +139,7 @@ def main() -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
     from transformers.utils import logging as hf_logging
 
-    from finlight.deploy.onnx import export_onnx
+    from finlight.deploy.onnx import DEFAULT_INT8, INT8_RECIPES, export_onnx
     from finlight.deploy.predictor import Predictor
     from machine import encoder_forward_flops, print_header
 
@@ -152,9 +158,27 @@ def main() -> None:
         args.data = quick_sample(args.data, workdir)
     all_texts, texts, labels = test_split(args.data, args.max_length)
     model_dir = args.model or train_model(args.data, args.epochs, args.max_length, workdir, args.backbone)
-    manifest = export_onnx(model_dir, str(workdir / "onnx"), int8=True, max_length=args.max_length)  # fused graph
-    unfused = None if args.quick else export_onnx(model_dir, str(workdir / "onnx_unfused"), int8=True,
-                                                  max_length=args.max_length, optimize=False)
+    recipe = args.int8_recipe or DEFAULT_INT8
+    if recipe not in INT8_RECIPES:
+        sys.exit(f"--int8_recipe {recipe}: choose one of {', '.join(INT8_RECIPES)}")
+    int8 = {"int8_recipe": recipe}
+    if INT8_RECIPES[recipe].get("smooth") or INT8_RECIPES[recipe]["mode"] == "static":
+        import glob
+
+        from int8_smoothing import DATA, ect_sentences
+
+        transcripts = sorted(glob.glob(os.path.join(DATA, "ect", "train", "ects", "*.txt")))
+        int8["calibration_texts"] = ect_sentences(transcripts[:128], 4)[:512]
+    keep = []
+    if args.int8_keep_fp32_from:
+        chosen = json.load(open(args.int8_keep_fp32_from))["recipes"].get(recipe)
+        if chosen is None:
+            sys.exit(f"--int8_keep_fp32_from {args.int8_keep_fp32_from}: has no result for {recipe}")
+        keep = chosen["keep_fp32"]
+    manifest = export_onnx(model_dir, str(workdir / "onnx"), int8=True, max_length=args.max_length,  # fused graph
+                           int8_keep_fp32=keep, **int8)
+    unfused = None if args.quick or keep else export_onnx(model_dir, str(workdir / "onnx_unfused"), int8=True,
+                                                          max_length=args.max_length, optimize=False, **int8)
     torch.set_num_threads(args.threads)  # training may have changed it
 
     hf_model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
@@ -169,6 +193,7 @@ def main() -> None:
     def predictor_labels(predictor):
         return lambda batch: [r["label"] for r in predictor.predict(batch)]
 
+    int8_name = f"finlight Predictor, ONNX INT8 ({recipe}{f', {len(keep)} nodes fp32' if keep else ''})"
     load = dict(batch_size=args.batch_size, num_threads=args.threads, max_length=args.max_length)
     variants = {
         "transformers pipeline (reference)": pipeline_labels,
@@ -176,7 +201,7 @@ def main() -> None:
         "finlight Predictor, torch bf16": predictor_labels(Predictor.load(model_dir, "torch-bf16", **load)),
         "  same, batches unsorted": predictor_labels(Predictor.load(model_dir, "torch", sort_by_length=False, **load)),
         "finlight Predictor, ONNX fp32": predictor_labels(Predictor.load(str(workdir / "onnx"), "onnx", **load)),
-        "finlight Predictor, ONNX INT8": predictor_labels(Predictor.load(str(workdir / "onnx"), "onnx-int8", **load)),
+        int8_name: predictor_labels(Predictor.load(str(workdir / "onnx"), "onnx-int8", **load)),
     }
     if unfused is not None:
         variants["  ONNX fp32, unfused graph"] = predictor_labels(
@@ -200,7 +225,8 @@ def main() -> None:
     print(f"\n{shape} ({sum(p.numel() for p in hf_model.parameters()) / 1e6:.2f} M params, {model_dir}), "
           f"{len(all_texts)} PhraseBank AllAgree texts timed, {len(texts)}-text test split scored; "
           f"{args.threads} thread(s), batch {args.batch_size}, max_length {args.max_length}, median of {args.repeats} interleaved rounds\n")
-    print(f"{'variant':36s} {'samples/s':>10s} {'× pipeline':>11s} {'test acc':>9s} {'macro-F1':>9s} {'= torch':>8s} "
+    width = max(36, *(len(name) for name in results))
+    print(f"{'variant':{width}s} {'samples/s':>10s} {'× pipeline':>11s} {'test acc':>9s} {'macro-F1':>9s} {'= torch':>8s} "
           f"{'GFLOP/s':>8s} {'% peak':>7s}")
     table = {}
     for name, r in results.items():
@@ -211,7 +237,7 @@ def main() -> None:
         order = "input order" if ("pipeline" in name or "unsorted" in name) else "sorted"
         gflops = flops[order] / r["seconds"] / 1e9
         share = gflops / peak["bf16" if "bf16" in name else "fp32"]
-        print(f"{name:36s} {r['samples_per_s']:10.0f} {ratio:10.2f}× {accuracy:9.4f} {macro:9.4f} {agreement:8.1%} "
+        print(f"{name:{width}s} {r['samples_per_s']:10.0f} {ratio:10.2f}× {accuracy:9.4f} {macro:9.4f} {agreement:8.1%} "
               f"{gflops:8.1f} {100 * share:6.0f}%")
         table[name.strip()] = {"samples_per_s": r["samples_per_s"], "ratio_vs_pipeline": ratio,
                                "test_accuracy": accuracy, "test_macro_f1": macro, "agreement_with_torch": agreement,

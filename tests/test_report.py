@@ -202,3 +202,18 @@ def test_seeds_command_runs_each_seed_and_same_seed_gives_same_result(binary_run
     with pytest.raises(SystemExit):
         main(["seeds", "--config", config, "--seeds", "1", "--seed_everything", "3"])
     assert "--seeds, not --seed_everything" in capsys.readouterr().err
+
+
+def test_seeds_vary_order_seeds_the_batch_order_not_the_split(binary_run_config, capsys):
+    from finlight.cli import main
+
+    config = binary_run_config(max_epochs=1)
+    main(["seeds", "--config", config, "--seeds", "5", "6", "--vary_order", "--trainer.limit_train_batches",
+          "2", "--trainer.limit_val_batches", "1"])
+    capsys.readouterr()
+    folders = [os.path.join("logs", "tiny_binary", f"version_{i}") for i in range(2)]
+    data = [yaml.safe_load(open(os.path.join(f, "config.yaml")))["data"]["init_args"] for f in folders]
+    assert [d["order_seed"] for d in data] == [5, 6] and data[0]["seed"] == data[1]["seed"]
+    with pytest.raises(SystemExit):
+        main(["seeds", "--config", config, "--seeds", "1", "--vary_order", "--data.init_args.order_seed", "3"])
+    assert "--vary_order sets data.order_seed" in capsys.readouterr().err

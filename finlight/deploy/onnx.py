@@ -209,9 +209,12 @@ def length_sorted_feeds(tokenizer, texts: Sequence[str], max_length: int, batch_
 
 
 def quantize_int8(fp32_path: str, int8_path: str, recipe: str = DEFAULT_INT8, config=None,
-                  calibration: Optional[list[dict]] = None, presmoothed: bool = False) -> None:
+                  calibration: Optional[list[dict]] = None, presmoothed: bool = False,
+                  keep_fp32: Sequence[str] = (), only: Optional[Sequence[str]] = None) -> None:
     """``model.onnx`` → INT8 by one of `INT8_RECIPES` (``static-qdq`` needs ``calibration`` feeds; a ``smooth-*``
-    recipe the graph of the smoothed model, ``presmoothed``, which `export_smoothed` writes).
+    recipe the graph of the smoothed model, ``presmoothed``, which `export_smoothed` writes). ``keep_fp32``: node
+    names left unquantized on top of the recipe's own (`finlight.deploy.int8_sensitivity` chooses them);
+    ``only``: quantize just these nodes (dynamic and static recipes; the sensitivity ranking uses it).
 
     Runs in a scratch working directory: onnxruntime's symbolic shape inference saves a debug copy of the model
     (``sym_shape_infer_temp.onnx`` + external data) into the current directory when it cannot infer every shape."""
@@ -223,10 +226,11 @@ def quantize_int8(fp32_path: str, int8_path: str, recipe: str = DEFAULT_INT8, co
                             f"not {fp32_path}")
     fp32_path, int8_path = os.path.abspath(fp32_path), os.path.abspath(int8_path)
     with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
-        _quantize_int8(fp32_path, int8_path, recipe, config, calibration)
+        _quantize_int8(fp32_path, int8_path, recipe, config, calibration, list(keep_fp32), only)
 
 
-def _quantize_int8(fp32_path: str, int8_path: str, recipe: str, config, calibration: Optional[list[dict]]) -> None:
+def _quantize_int8(fp32_path: str, int8_path: str, recipe: str, config, calibration: Optional[list[dict]],
+                   keep_fp32: list[str], only: Optional[Sequence[str]]) -> None:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
@@ -234,12 +238,17 @@ def _quantize_int8(fp32_path: str, int8_path: str, recipe: str, config, calibrat
         raise FinlightError(f"--int8_recipe {recipe!r}: choose one of {', '.join(INT8_RECIPES)}")
     spec = INT8_RECIPES[recipe]
     exclude = _ffn_output_matmuls(fp32_path, config) if spec.get("keep_fp32") == "ffn_output" else []
+    exclude += [name for name in keep_fp32 if name not in exclude]
+    only = list(only) if only is not None else None
+    if only is not None and spec["mode"] == "weight-only":
+        raise FinlightError(f"--int8_recipe {recipe}: quantizing a subset of nodes is for dynamic / static recipes")
     # fused contrib operators carry no type information for the quantizer: their outputs are float
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
     with _quiet():
         if spec["mode"] == "dynamic":
             quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QInt8, per_channel=spec["per_channel"],
-                             op_types_to_quantize=spec["op_types"], nodes_to_exclude=exclude, extra_options=extra)
+                             op_types_to_quantize=spec["op_types"], nodes_to_quantize=only, nodes_to_exclude=exclude,
+                             extra_options=extra)
             return
         if spec["mode"] == "weight-only":
             from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
@@ -259,7 +268,8 @@ def _quantize_int8(fp32_path: str, int8_path: str, recipe: str, config, calibrat
             quantize_static(typed, int8_path, _Feeds(feeds), quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=spec["op_types"], per_channel=spec["per_channel"],
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude, extra_options=extra)
+                            calibrate_method=CalibrationMethod.MinMax, nodes_to_quantize=only,
+                            nodes_to_exclude=exclude, extra_options=extra)
         finally:
             os.remove(typed)
 
@@ -362,12 +372,14 @@ def export_onnx(source: str, output_dir: str, int8: bool = False, opset: int = 1
                 max_length: Optional[int] = None, check_texts: Optional[Sequence[str]] = None,
                 dynamo: bool = True, trust_remote_code: bool = False, optimize: Optional[bool] = None,
                 int8_recipe: str = DEFAULT_INT8, compare_texts: Optional[Sequence[str]] = None,
-                calibration_texts: Optional[Sequence[str]] = None, smooth_alpha: float = SMOOTH_ALPHA) -> dict:
+                calibration_texts: Optional[Sequence[str]] = None, smooth_alpha: float = SMOOTH_ALPHA,
+                int8_keep_fp32: Sequence[str] = ()) -> dict:
     """Export, check, optionally quantise; returns (and writes) the manifest.
 
     ``int8_recipe`` is one of `INT8_RECIPES`; ``compare_texts`` measures every recipe on those texts (label
     agreement with fp32, speed, size: the manifest's ``int8_options``); ``calibration_texts`` feed ``static-qdq``
-    and the smoothing of the ``smooth-*`` recipes (strength ``smooth_alpha``).
+    and the smoothing of the ``smooth-*`` recipes (strength ``smooth_alpha``); ``int8_keep_fp32`` names nodes of
+    the quantized graph to leave in fp32 (`finlight.deploy.int8_sensitivity` ranks them).
 
     ``optimize=None`` (auto) runs onnxruntime's transformer optimizer where it applies (BERT-family graphs from
     the dynamo exporter): the fused graph is the faster deployment artefact and passes the same check."""
@@ -433,13 +445,17 @@ def export_onnx(source: str, output_dir: str, int8: bool = False, opset: int = 1
         smooth = bool(INT8_RECIPES[int8_recipe].get("smooth"))
         with tempfile.TemporaryDirectory(dir=output_dir) as scratch:
             source = smoothed(scratch) if smooth else path
-            quantize_int8(source, quantized, int8_recipe, model.config, calibration, presmoothed=smooth)
+            _check_node_names(source, int8_keep_fp32)
+            quantize_int8(source, quantized, int8_recipe, model.config, calibration, presmoothed=smooth,
+                          keep_fp32=int8_keep_fp32)
             if compare_texts:
                 manifest["int8_options"] = compare_int8_recipes(
                     path, tokenizer, compare_texts, max_length, model.config, calibration_texts=calibration_texts,
                     threads=torch.get_num_threads(), smoothed=lambda: smoothed(scratch), smooth_alpha=smooth_alpha)
         manifest["files"]["int8"] = "model.int8.onnx"
         manifest["int8_recipe"] = int8_recipe
+        if int8_keep_fp32:
+            manifest["int8_keep_fp32"] = list(int8_keep_fp32)
         if smooth:
             manifest["smooth_alpha"] = smooth_alpha
         manifest["check"]["int8"] = compare_with_torch(wrapper, quantized, tokenizer, texts, max_length)
@@ -449,6 +465,20 @@ def export_onnx(source: str, output_dir: str, int8: bool = False, opset: int = 1
     with open(os.path.join(output_dir, MANIFEST), "w") as handle:
         json.dump(manifest, handle, indent=2)
     return manifest
+
+
+def _check_node_names(path: str, names: Sequence[str]) -> None:
+    """Every name in ``names`` is a quantizable node of ``path`` (a typo would otherwise keep nothing in fp32)."""
+    if not names:
+        return
+    from finlight.deploy.int8_sensitivity import candidate_nodes
+
+    known = set(candidate_nodes(path))
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise FinlightError(f"--int8_keep_fp32: {len(unknown)} of {len(names)} names are not quantizable nodes of "
+                            f"the graph to quantize ({unknown[0]!r} …); use the names benchmarks/int8_mixed.py "
+                            f"prints for this model and recipe")
 
 
 def _write_graph(wrapper: torch.nn.Module, example: dict, path: str, opset: int, dynamo: bool,
@@ -515,7 +545,7 @@ def export_onnx_command(output_dir: str, model: Optional[str] = None, ckpt_path:
                         optimize: Optional[bool] = None, legacy_exporter: bool = False,
                         trust_remote_code: bool = False, int8_recipe: str = DEFAULT_INT8,
                         int8_compare: Optional[str] = None, calibration_texts: Optional[str] = None,
-                        smooth_alpha: float = SMOOTH_ALPHA) -> dict:
+                        smooth_alpha: float = SMOOTH_ALPHA, int8_keep_fp32: Optional[str] = None) -> dict:
     """Export a classifier to ONNX (dynamic batch and sequence axes), check it against torch, optionally
     quantise to INT8.
 
@@ -541,6 +571,8 @@ def export_onnx_command(output_dir: str, model: Optional[str] = None, ckpt_path:
             (not the texts you evaluate on).
         smooth_alpha: smoothing strength of the smooth-* recipes, in [0, 1]: 0 leaves the activations as they
             are, 1 moves their whole range into the weights.
+        int8_keep_fp32: comma-separated node names of the graph to quantize that stay fp32 (the sensitive ones
+            benchmarks/int8_mixed.py chooses for a model and recipe).
     """
     if (model is None) == (ckpt_path is None):
         raise FinlightError("export-onnx: give exactly one of --model (a Hugging Face directory) or --ckpt_path "
@@ -552,7 +584,8 @@ def export_onnx_command(output_dir: str, model: Optional[str] = None, ckpt_path:
         (check_texts, "--check_texts"), (int8_compare, "--int8_compare"), (calibration_texts, "--calibration_texts")))
     manifest = export_onnx(model or ckpt_path, output_dir, int8 or bool(int8_compare), opset, atol,
                            max_length, texts, not legacy_exporter, trust_remote_code, optimize, int8_recipe, compare,
-                           calibration, smooth_alpha)
+                           calibration, smooth_alpha,
+                           [n.strip() for n in (int8_keep_fp32 or "").split(",") if n.strip()])
     fp32 = manifest["check"]["fp32"]
     line = (f"finlight: exported to {output_dir}/model.onnx ({manifest['sizes_mb']['fp32']:.1f} MB; "
             f"max |onnx − torch| = {fp32['max_abs_diff']:.1e} on {fp32['examples']} texts)")

@@ -13,8 +13,9 @@ deeper model from before the drops). ``test_metrics.json`` records the choice un
 Only ``seed_everything`` changes between runs: weight init (new heads, LoRA) and dropout. The data split keeps its
 own ``data.seed``, so every seed is scored on the same test set and runs pair up for significance tests, and so does
 the training batch order (``data.order_seed``, default ``data.seed``): a run without random init or dropout (full
-fine-tuning of a model without a new head, dropout 0) is the same run under every seed; pass
-``--data.init_args.order_seed`` per seed to vary the data order too.
+fine-tuning of a model without a new head, dropout 0) is the same run under every seed. ``--vary_order``
+varies the data order too (``data.order_seed`` = the training seed; the split stays); off by default, so that
+every committed study reproduces.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from finlight.errors import FinlightError
 
 def seeds_command(config: list[str], seeds: list[NonNegativeInt], experiment: Optional[str] = None,
                   report_dir: Optional[str] = None, select: Literal[HOWS] = "best",
-                  overrides: Sequence[str] = ()) -> list[str]:
+                  vary_order: bool = False, overrides: Sequence[str] = ()) -> list[str]:
     """Fit and test one config once per seed, then report mean ± std. Other options (--trainer.max_epochs 3,
     --model.init_args.learning_rate 1e-4 …) go to every fit; this command's own settings file is --settings.
 
@@ -43,10 +44,14 @@ def seeds_command(config: list[str], seeds: list[NonNegativeInt], experiment: Op
         report_dir: default: reports/<experiment>_seeds.
         select: checkpoint to test: best (validation), last (end of the fit), final_depth (best validation at
             the architecture the run ended with: layer-dropping runs).
+        vary_order: also seed the training batch order by the seed (data.order_seed = seed; the split keeps
+            data.seed): for runs whose only randomness is the data order (full fine-tuning, dropout 0).
     """
     overrides = list(overrides)
     if any(o in ("--seed_everything", "--experiment") or o.startswith("--seed_everything=") for o in overrides):
         raise FinlightError("seeds: set the seeds with --seeds, not --seed_everything")
+    if vary_order and any(o.split("=")[0].endswith(".order_seed") for o in overrides):
+        raise FinlightError("seeds: --vary_order sets data.order_seed per seed; drop --data.init_args.order_seed")
     for path in config:
         if not Path(path).is_file():
             raise FinlightError(f"--config {path}: no such file")
@@ -58,7 +63,8 @@ def seeds_command(config: list[str], seeds: list[NonNegativeInt], experiment: Op
     run_dirs = []
     for i, seed in enumerate(seeds, 1):
         print(f"finlight seeds: seed {seed} ({i}/{len(seeds)}) — fit, then test of the {select} checkpoint")
-        cli = run_cli(["fit", *configs, "--seed_everything", str(seed), "--experiment", name, *overrides])
+        order = ["--data.init_args.order_seed", str(seed)] if vary_order else []
+        cli = run_cli(["fit", *configs, "--seed_everything", str(seed), "--experiment", name, *overrides, *order])
         trainer = cli.trainer
         callback = trainer.checkpoint_callback
         if callback is None or not (callback.best_model_path or callback.last_model_path):

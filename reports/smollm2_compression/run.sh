@@ -17,9 +17,11 @@
 #   smollm2_pb_sapling_from_lora, smollm2_pb_trimllm_from_lora
 #                       the same two recipes started from the fine-tuned ceiling (the LoRA run's tested checkpoint,
 #                       merged: --model.init_args.backbone logs/smollm2_compression/export_lora_merged) instead of
-#                       the untuned instruct model: prune the classifier you have, the seed's setting. Nothing in
-#                       them is random but the batch order, so training seed N uses data.order_seed 41 + N (42 =
-#                       data.seed for seed 1); under data.seed's order every seed was the same run, to the digit
+#                       the untuned instruct model: prune the classifier you have, the seed's setting.
+#                       Nothing in the four full fine-tuning rows is random but the batch order, so their training
+#                       seed N uses data.order_seed 41 + N (42 = data.seed for seed 1); under data.seed's order
+#                       every seed was the same run, to the digit (the committed report.md's untuned seeds 2 and 3;
+#                       untuned_order_seeds/ has them re-run with order seeds)
 #   smollm2_pb_sapling_from_lora_18of30
 #                       test only: each seed's smollm2_pb_sapling_from_lora fit at 18 layers, its best val/macro_f1
 #                       checkpoint among those at that depth (finlight.prune.checkpoint_selection.select_in_run; the
@@ -34,7 +36,9 @@
 # results.json, pareto.png). Accuracy is constrained scoring of the label words; scoring_tokens_per_s = prompt
 # scoring; gen_tokens_per_s = greedy decoding of 16 new tokens for 32 test prompts, 8 at a time. The *_from_lora
 # models (SAPLING at 18 and at 15 layers, TrimLLM; first seed) are measured the same way beside the merged LoRA
-# model → compression_from_lora/ here.
+# model → compression_from_lora/ here. Stage ptq: the ceiling of each of PTQ_SEEDS (default: the seeds after the
+# first) merged and measured with its dynamic INT8 / bnb 8-bit / bnb 4-bit forms → compression_seed<N>/ here
+# (accuracy across seeds; GPTQ only in the first seed's table).
 #
 # GPTQ needs gptqmodel 7.6.0 + optimum 2.3.0, which pin numpy 2.2.6: they live in an overlay venv (GPTQ_PYTHON,
 # default /tmp/s18c_gptq_venv/bin/python: a venv whose .pth adds .venv's site-packages) so .venv is unchanged; made by
@@ -49,7 +53,10 @@
 # than its checkpoint; the compression table is not measured again while compression/results.json is newer than
 # every checkpoint it reads (FORCE_COMPRESSION=1 measures again). One line per step in logs/smollm2_compression/
 # progress.log. Environment: PYTHON (default .venv/bin/python), SEEDS (default "1"), STAGES (default
-# "train depth report compression"), ROWS_ONLY (train only these rows), DRY_RUN=1.
+# "train depth report compression"; also "ptq"), ROWS_ONLY (train and report only these rows), REPORT_DIR (default
+# here), PTQ_SEEDS, DRY_RUN=1. The untuned rows re-run with order seeds (untuned_order_seeds/):
+#   SEEDS="2 3" ROWS_ONLY="smollm2_pb_lora smollm2_pb_sapling smollm2_pb_trimllm" STAGES="train report ptq" \
+#       REPORT_DIR=reports/smollm2_compression/untuned_order_seeds bash reports/smollm2_compression/run.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 source reports/study_lib.sh  # HF_HUB_OFFLINE, PYTHON, say, tested_checkpoint
@@ -58,43 +65,47 @@ GPTQ_PYTHON=${GPTQ_PYTHON:-/tmp/s18c_gptq_venv/bin/python}
 read -r -a SEED_LIST <<< "${SEEDS:-1}"
 STAGES=${STAGES:-train depth report compression}
 OUT=reports/smollm2_compression
+REPORT_DIR=${REPORT_DIR:-$OUT}
+read -r -a PTQ_SEED_LIST <<< "${PTQ_SEEDS:-${SEED_LIST[*]:1}}"
 WORK=logs/smollm2_compression
 PROGRESS=$WORK/progress.log
 BASELINE=smollm2_pb_lora
 EXPORT=$WORK/export_lora_merged
 DEPTH_ROW=smollm2_pb_sapling_from_lora_18of30
 DEPTH_LAYERS=18
-ROWS=(
-  "smollm2_pb_lora|smollm2_phrasebank_labelword_lora|best"
-  "smollm2_pb_sapling|smollm2_phrasebank_sapling|final_depth"
-  "smollm2_pb_trimllm|smollm2_phrasebank_trimllm|final_depth"
-  "smollm2_pb_sapling_from_lora|smollm2_phrasebank_sapling|final_depth|lora"
-  "smollm2_pb_trimllm_from_lora|smollm2_phrasebank_trimllm|final_depth|lora"
+ROWS=(  # row|config|select|start ("lora": the merged ceiling)|"order": training seed N → data.order_seed 41 + N
+  "smollm2_pb_lora|smollm2_phrasebank_labelword_lora|best||"
+  "smollm2_pb_sapling|smollm2_phrasebank_sapling|final_depth||order"
+  "smollm2_pb_trimllm|smollm2_phrasebank_trimllm|final_depth||order"
+  "smollm2_pb_sapling_from_lora|smollm2_phrasebank_sapling|final_depth|lora|order"
+  "smollm2_pb_trimllm_from_lora|smollm2_phrasebank_trimllm|final_depth|lora|order"
 )
 mkdir -p "$WORK"
 [ "${DRY_RUN:-0}" = 1 ] && PROGRESS=/dev/null
 
 done_run() { "$PYTHON" reports/done_run.py "$1" "$2" "$3" "$4"; }
 stage() { [[ " $STAGES " == *" $1 "* ]]; }
+wanted_row() { [ -z "${ROWS_ONLY:-}" ] || [[ " $ROWS_ONLY " == *" $1 "* ]]; }
 
-# the LoRA ceiling's tested checkpoint (first seed) merged into a plain model directory at $EXPORT, unless it is newer
+# the LoRA ceiling's tested checkpoint of seed $1 (default: the first) merged into a plain model directory at $2
+# (default $EXPORT), unless that is newer
 ensure_export() {
-  local folder lora
-  folder=$(done_run smollm2_pb_lora smollm2_phrasebank_labelword_lora best "${SEED_LIST[0]}")
-  [ -n "$folder" ] || { say "FAIL  no finished smollm2_pb_lora seed ${SEED_LIST[0]} to export"; return 1; }
+  local seed=${1:-${SEED_LIST[0]}} export=${2:-$EXPORT} folder lora
+  folder=$(done_run smollm2_pb_lora smollm2_phrasebank_labelword_lora best "$seed")
+  [ -n "$folder" ] || { say "FAIL  no finished smollm2_pb_lora seed $seed to export"; return 1; }
   lora=$(tested_checkpoint "$folder")
-  if [ -f "$EXPORT/config.json" ] && [ "$EXPORT/config.json" -nt "$lora" ]; then
-    say "skip  export ($EXPORT is newer than $lora)"
+  if [ -f "$export/config.json" ] && [ "$export/config.json" -nt "$lora" ]; then
+    say "skip  export ($export is newer than $lora)"
     return 0
   fi
-  rm -rf "$EXPORT"
-  say "export $lora (merged) → $EXPORT"
-  "$PYTHON" -m finlight export --ckpt_path "$lora" --output_dir "$EXPORT" --merged > "$WORK/export.out" 2>&1 ||
-    { say "FAIL  export; see $WORK/export.out"; return 1; }
+  rm -rf "$export"
+  say "export $lora (merged) → $export"
+  "$PYTHON" -m finlight export --ckpt_path "$lora" --output_dir "$export" --merged > "$WORK/export_seed$seed.out" 2>&1 ||
+    { say "FAIL  export; see $WORK/export_seed$seed.out"; return 1; }
 }
 
-run_one() {  # row, config, select, seed, start ("lora": from the merged ceiling, else the untuned model)
-  local row=$1 stem=$2 how=$3 seed=$4 start_from=${5:-} folder
+run_one() {  # row, config, select, seed, start ("lora": from the merged ceiling), "order" (vary the batch order)
+  local row=$1 stem=$2 how=$3 seed=$4 start_from=${5:-} order=${6:-} folder
   folder=$(done_run "$row" "$stem" "$how" "$seed")
   if [ -n "$folder" ]; then
     say "skip  $row seed $seed (done: $folder)"
@@ -102,10 +113,11 @@ run_one() {  # row, config, select, seed, start ("lora": from the merged ceiling
   fi
   local command=("$PYTHON" -m finlight seeds --config "configs/$stem.yaml" --seeds "$seed" --select "$how"
                  --experiment "$row" --report_dir "$WORK/seeds_$row" --trainer.enable_progress_bar false)
+  # full fine-tuning with dropout 0 and no new weights: only the batch order can differ between seeds (seed 1
+  # keeps data.seed's order, 42, as its first run had)
+  [ "$order" = order ] && command+=(--data.init_args.order_seed "$((41 + seed))")
   if [ "$start_from" = lora ]; then
-    # from the fixed ceiling, full fine-tuning with dropout 0: only the batch order can differ between seeds
-    # (seed 1 keeps data.seed's order, 42, as its first run had)
-    command+=(--model.init_args.backbone "$EXPORT" --data.init_args.order_seed "$((41 + seed))")
+    command+=(--model.init_args.backbone "$EXPORT")
     [ "${DRY_RUN:-0}" = 1 ] || ensure_export || { FAILED=1; return 1; }
   fi
   local out="$WORK/$row.seed$seed.out"
@@ -127,10 +139,10 @@ FAILED=0
 say "study start: seeds ${SEED_LIST[*]}, stages $STAGES, python $PYTHON"
 if stage train; then
   for spec in "${ROWS[@]}"; do
-    IFS='|' read -r row stem how start_from <<< "$spec"
-    [ -n "${ROWS_ONLY:-}" ] && [[ " $ROWS_ONLY " != *" $row "* ]] && continue
+    IFS='|' read -r row stem how start_from order <<< "$spec"
+    wanted_row "$row" || continue
     for seed in "${SEED_LIST[@]}"; do
-      run_one "$row" "$stem" "$how" "$seed" "$start_from"
+      run_one "$row" "$stem" "$how" "$seed" "$start_from" "$order"
     done
   done
 fi
@@ -180,6 +192,7 @@ MISSING=()
 declare -A FIRST
 for spec in "${ROWS[@]}"; do
   IFS='|' read -r row stem how _ <<< "$spec"
+  wanted_row "$row" || continue
   for seed in "${SEED_LIST[@]}"; do
     folder=$(done_run "$row" "$stem" "$how" "$seed")
     if [ -n "$folder" ]; then
@@ -190,14 +203,15 @@ for spec in "${ROWS[@]}"; do
     fi
   done
 done
-if stage depth; then
+if stage depth && wanted_row smollm2_pb_sapling_from_lora; then
   for seed in "${SEED_LIST[@]}"; do
     folder=$(test_at_depth "$seed")
     if [ -n "$folder" ]; then RUNS+=("$folder"); else MISSING+=("$DEPTH_ROW/seed$seed"); fi
   done
 fi
 if [ "${DRY_RUN:-0}" = 1 ]; then
-  stage report && echo "would run: $PYTHON -m finlight report ${RUNS[*]} [+ the runs of: ${MISSING[*]}] --baseline $BASELINE --output_dir $OUT"
+  stage report && echo "would run: $PYTHON -m finlight report ${RUNS[*]} [+ the runs of: ${MISSING[*]}] --baseline $BASELINE --output_dir $REPORT_DIR"
+  stage ptq && echo "would run: $PYTHON benchmarks/compression_report.py … (the ceiling of seeds ${PTQ_SEED_LIST[*]}) --out $OUT/compression_seed<N>"
   stage compression && echo "would run: $PYTHON -m finlight export --ckpt_path <$BASELINE's tested checkpoint> --output_dir $EXPORT --merged" &&
     echo "would run: $GPTQ_PYTHON benchmarks/compression_report.py … (seed ${SEED_LIST[0]}'s checkpoints) --out $OUT/compression" &&
     echo "would run: $PYTHON benchmarks/compression_report.py … (the *_from_lora rows) --out $OUT/compression_from_lora"
@@ -239,9 +253,10 @@ if stage report; then
     done
   done
   RUNS+=("${PAIRED[@]}")
-  say "report of ${#RUNS[@]} runs against $BASELINE → $OUT/report.md"
-  if "$PYTHON" -m finlight report "${RUNS[@]}" --baseline "$BASELINE" --output_dir "$OUT" > "$WORK/report.out" 2>&1; then
-    say "report done: $OUT/report.md"
+  say "report of ${#RUNS[@]} runs against $BASELINE → $REPORT_DIR/report.md"
+  if "$PYTHON" -m finlight report "${RUNS[@]}" --baseline "$BASELINE" --output_dir "$REPORT_DIR" \
+      > "$WORK/report.out" 2>&1; then
+    say "report done: $REPORT_DIR/report.md"
   else
     say "FAIL  report; see $WORK/report.out"
     FAILED=1
@@ -294,5 +309,21 @@ if stage compression; then
     FAILED=1
   fi
 fi
-[ "$FAILED" = 0 ] && say "study done: $OUT/report.md, $OUT/compression/report.md"
+
+if stage ptq; then
+  for seed in "${PTQ_SEED_LIST[@]}"; do
+    export_dir=$WORK/export_lora_merged_seed$seed
+    table=$OUT/compression_seed$seed
+    ensure_export "$seed" "$export_dir" || { FAILED=1; continue; }
+    if [ "$table/results.json" -nt "$export_dir/config.json" ] && [ "${FORCE_COMPRESSION:-0}" != 1 ]; then
+      say "skip  ptq table of seed $seed ($table/results.json is newer than its export)"
+      continue
+    fi
+    step_to "ptq table of seed $seed" "$WORK/compression_seed$seed.out" \
+      "$PYTHON" benchmarks/compression_report.py --config configs/smollm2_phrasebank_labelword_lora.yaml \
+      --variant "lora=$export_dir" --int8 lora --bnb8 lora --bnb4 lora --reference lora --device cpu --threads 2 \
+      --repeats 1 --batch_size 32 --gen_examples 32 --gen_tokens 16 --gen_batch 8 --out "$table"
+  done
+fi
+[ "$FAILED" = 0 ] && say "study done: $REPORT_DIR/report.md, $OUT/compression/report.md"
 [ "$FAILED" = 0 ]
