@@ -123,6 +123,20 @@ def test_report_notes_mixed_configs_and_different_test_sets(in_tmp):
     assert any("different test sets" in n for n in result["notes"])
 
 
+def test_report_counts_a_varied_batch_order_as_a_seed_not_a_configuration(in_tmp):
+    for version, seed in ((0, 1), (1, 2)):
+        folder = f"logs/base/version_{version}"
+        write_run(folder, seed, {"test/macro_f1": 0.7}, [0] * 10)
+        config = yaml.safe_load(open(os.path.join(folder, "config.yaml")))
+        config["data"] = {"init_args": {"order_seed": 41 + seed, "batch_size": 8}}
+        yaml.safe_dump(config, open(os.path.join(folder, "config.yaml"), "w"))
+    assert build_report(["logs/base"], "out", resamples=200)["notes"] == []
+    config["data"]["init_args"]["batch_size"] = 16  # a real difference is still named
+    yaml.safe_dump(config, open(os.path.join(folder, "config.yaml"), "w"))
+    (note,) = build_report(["logs/base"], "out", resamples=200)["notes"]
+    assert "data.init_args.batch_size" in note and "order_seed" not in note
+
+
 def test_retests_of_one_checkpoint_count_once(in_tmp):
     write_run("logs/a/version_0", 1, curve=[0.5])
     ckpt = "checkpoints/a/version_0/epoch00.ckpt"

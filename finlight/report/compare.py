@@ -53,8 +53,9 @@ log = logging.getLogger("finlight.report.compare")
 CURVE_TAGS = ("val/acc", "val/macro_f1", "val/loss")  # val_curves.png: one panel each, runs overlaid
 DEFAULT_METRICS = ("test/acc", "test/macro_f1", "test/weighted_f1", "test/loss")
 # keys that may differ between runs of one configuration (init_from: a stage-2 run starts from its own seed's
-# stage-1 checkpoint)
-VOLATILE_KEYS = ("seed_everything", "ckpt_path", "config", "experiment", "trainer.logger", "model.init_args.init_from")
+# stage-1 checkpoint; order_seed: the batch order's seed, varied per training seed by `seeds --vary_order`)
+VOLATILE_KEYS = ("seed_everything", "ckpt_path", "config", "experiment", "trainer.logger", "model.init_args.init_from",
+                 "data.init_args.order_seed")
 
 
 # ---------------------------------------------------------------------------------------------- statistics
