@@ -110,3 +110,4 @@ def test_export_onnx_keeps_named_nodes_fp32_and_checks_names(tiny_hf_dir, graph,
               "--int8_recipe", "dynamic-per-channel", "--int8_keep_fp32", "no/such/node"])
     err = capsys.readouterr().err
     assert "--int8_keep_fp32: 1 of 1 names" in err and "'no/such/node'" in err
+    assert not (tmp_path / "o2").exists()  # nothing half-written left behind: the same --output_dir works again

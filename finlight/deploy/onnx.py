@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 from typing import Callable, Optional, Sequence
@@ -445,7 +446,11 @@ def export_onnx(source: str, output_dir: str, int8: bool = False, opset: int = 1
         smooth = bool(INT8_RECIPES[int8_recipe].get("smooth"))
         with tempfile.TemporaryDirectory(dir=output_dir) as scratch:
             source = smoothed(scratch) if smooth else path
-            _check_node_names(source, int8_keep_fp32)
+            try:
+                _check_node_names(source, int8_keep_fp32)
+            except FinlightError:
+                shutil.rmtree(output_dir, ignore_errors=True)  # ours (it was empty or absent): a rerun can reuse it
+                raise
             quantize_int8(source, quantized, int8_recipe, model.config, calibration, presmoothed=smooth,
                           keep_fp32=int8_keep_fp32)
             if compare_texts:
