@@ -163,12 +163,9 @@ def main() -> None:
         sys.exit(f"--int8_recipe {recipe}: choose one of {', '.join(INT8_RECIPES)}")
     int8 = {"int8_recipe": recipe}
     if INT8_RECIPES[recipe].get("smooth") or INT8_RECIPES[recipe]["mode"] == "static":
-        import glob
+        from int8_smoothing import ect_sets
 
-        from int8_smoothing import DATA, ect_sentences
-
-        transcripts = sorted(glob.glob(os.path.join(DATA, "ect", "train", "ects", "*.txt")))
-        int8["calibration_texts"] = ect_sentences(transcripts[:128], 4)[:512]
+        int8["calibration_texts"] = ect_sets()[0]
     keep = []
     if args.int8_keep_fp32_from:
         chosen = json.load(open(args.int8_keep_fp32_from))["recipes"].get(recipe)

@@ -17,10 +17,8 @@ turn, as a ratio to the fp32 graph of the same rounds — so the whole curve is 
 reports/onnx_int8_minilm/). The chosen node names go to ``export-onnx --int8_keep_fp32``.
 """
 import argparse
-import glob
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -31,7 +29,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from int8_smoothing import DATA, ect_sentences, phrasebank_50agree  # noqa: E402
+from int8_smoothing import ect_sets, phrasebank_50agree, samples_per_s  # noqa: E402
 from machine import cpu_line  # noqa: E402
 
 
@@ -58,9 +56,7 @@ def main():
     from finlight.deploy import onnx as O
 
     print(cpu_line(), flush=True)
-    transcripts = sorted(glob.glob(os.path.join(DATA, "ect", "train", "ects", "*.txt")))
-    calibration_texts = ect_sentences(transcripts[:128], 4)[:512]  # as int8_smoothing.py: the same sets
-    selection_texts = ect_sentences(transcripts[128:], 10)[:2000]
+    calibration_texts, selection_texts = ect_sets()  # int8_smoothing.py's sets
     judged_texts = phrasebank_50agree()
     if args.quick:
         calibration_texts, selection_texts, judged_texts = calibration_texts[:200], selection_texts[:200], \
@@ -80,7 +76,8 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         fp32 = os.path.join(folder, "fp32.onnx")
         O._write_graph(O.LogitsOnly(model).eval(), example, fp32, 18, False, True)
-        reference = {k: O._run_feeds(O._session(fp32, args.threads), f) for k, f in feeds.items()}
+        session = O._session(fp32, args.threads)
+        reference = {k: O._run_feeds(session, f) for k, f in feeds.items() if k != "calibration"}
         graphs = {"fp32": fp32}
         for recipe in args.recipes:
             smooth = bool(O.INT8_RECIPES[recipe].get("smooth"))
@@ -122,17 +119,11 @@ def main():
         timing = O.length_sorted_feeds(tokenizer, judged_texts[::4], args.max_length)  # every 4th text
         timed = sum(len(f["rows"]) for f in timing)
         sessions = {name: O._session(path, args.threads) for name, path in graphs.items()}
-        seconds = {name: [] for name in sessions}
-        for _ in range(1 if args.quick else 3):
-            for name, session in sessions.items():
-                start = time.perf_counter()
-                O._run_feeds(session, timing)
-                seconds[name].append(time.perf_counter() - start)
-        fp32_speed = timed / statistics.median(seconds["fp32"])
-        result["fp32_samples_per_s"] = fp32_speed
+        speed = samples_per_s(sessions, timing, 1 if args.quick else 3)
+        fp32_speed = result["fp32_samples_per_s"] = speed["fp32"]
         for recipe, r in result["recipes"].items():
             for k, row in r["grid"].items():
-                row["samples_per_s"] = timed / statistics.median(seconds[f"{recipe} keep {k}"])
+                row["samples_per_s"] = speed[f"{recipe} keep {k}"]
                 row["speedup_vs_fp32"] = row["samples_per_s"] / fp32_speed
     print(f"\n{len(judged_texts)} PhraseBank 50Agree sentences, agreement with the fp32 graph (chosen k: the smallest "
           f"reaching {args.target:.1%} on the selection texts, *); speed on {timed} of them, {args.threads} threads, "

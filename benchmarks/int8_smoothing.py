@@ -22,7 +22,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 import numpy as np
 import torch
@@ -30,6 +29,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import interleaved  # noqa: E402
 from machine import cpu_line  # noqa: E402
 
 DATA = os.path.join(ROOT, "..", "shared", "data")
@@ -44,6 +44,23 @@ def ect_sentences(files, per_file: int, min_words: int = 6) -> list[str]:
             lines = [line.strip() for line in handle if len(line.split()) >= min_words]
         out += lines[:per_file]
     return out
+
+
+def ect_sets() -> tuple[list[str], list[str]]:
+    """The calibration (512 sentences of transcripts 1-128) and selection (2,000 of the others) earnings-call sets
+    that the INT8 benchmarks share."""
+    transcripts = sorted(glob.glob(os.path.join(DATA, "ect", "train", "ects", "*.txt")))
+    return ect_sentences(transcripts[:128], 4)[:512], ect_sentences(transcripts[128:], 10)[:2000]
+
+
+def samples_per_s(sessions: dict, feeds: list[dict], rounds: int) -> dict[str, float]:
+    """Samples/s of each onnxruntime session on ``feeds``: the median of ``rounds`` interleaved rounds."""
+    from finlight.deploy.onnx import _run_feeds
+
+    count = sum(len(f["rows"]) for f in feeds)
+    seconds = interleaved({name: (lambda s=session: _run_feeds(s, feeds)) for name, session in sessions.items()},
+                          rounds)
+    return {name: count / statistics.median(values) for name, values in seconds.items()}
 
 
 def phrasebank_50agree() -> list[str]:
@@ -65,12 +82,11 @@ def main():
     from finlight.deploy import onnx as O
 
     print(cpu_line())
-    transcripts = sorted(glob.glob(os.path.join(DATA, "ect", "train", "ects", "*.txt")))
-    calibration_texts = ect_sentences(transcripts[:128], 4)[:512]
-    selection_texts = ect_sentences(transcripts[128:], 10)[:2000]
+    calibration_texts, selection_texts = ect_sets()
     judged_texts = phrasebank_50agree()
+    transcripts = len(glob.glob(os.path.join(DATA, "ect", "train", "ects", "*.txt")))
     print(f"calibration {len(calibration_texts)} / selection {len(selection_texts)} earnings-call sentences "
-          f"(transcripts 1-128 / 129-{len(transcripts)}); judged on {len(judged_texts)} PhraseBank 50Agree sentences")
+          f"(transcripts 1-128 / 129-{transcripts}); judged on {len(judged_texts)} PhraseBank 50Agree sentences")
     model, tokenizer = O.load_source(args.model)
     model.set_attn_implementation("eager")
     model.eval()
@@ -113,15 +129,10 @@ def main():
         rows["fp32"] = {"agreement": 1.0, "flips": 0, "size_mb": os.path.getsize(fp32) / 1e6}
         timing = O.length_sorted_feeds(tokenizer, judged_texts[::4], args.max_length)  # every 4th text
         timed = sum(len(f["rows"]) for f in timing)
-        seconds = {name: [] for name in sessions}
-        for _ in range(3):
-            for name, session in sessions.items():
-                start = time.perf_counter()
-                O._run_feeds(session, timing)
-                seconds[name].append(time.perf_counter() - start)
-        fp32_speed = timed / statistics.median(seconds["fp32"])
+        speed = samples_per_s(sessions, timing, 3)
+        fp32_speed = speed["fp32"]
         for name in rows:
-            rows[name]["samples_per_s"] = timed / statistics.median(seconds[name])
+            rows[name]["samples_per_s"] = speed[name]
             rows[name]["speedup_vs_fp32"] = rows[name]["samples_per_s"] / fp32_speed
     result["judged"] = rows
     print(f"\n{len(judged_texts)} PhraseBank 50Agree sentences, agreement with the fp32 graph; speed on {timed} of "
