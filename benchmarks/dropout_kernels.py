@@ -5,7 +5,9 @@ against torch's own ``F.dropout`` measured in the same run:
 
 * ``rand-compare``: the keep mask from ``torch.rand(...) >= p`` (a uniform draw instead of ``bernoulli_``);
 * ``compiled``: ``torch.compile(F.dropout, dynamic=True)``: inductor's in-kernel Philox random numbers (C++ compiler
-  needed; the compile time is printed, not counted).
+  needed; the compile time is printed, not counted);
+* ``16-bit masks``: finlight's kernel (``finlight.core.cpu_dropout``, what ``fit`` uses on CPU): four 16-bit
+  numbers from each 64-bit draw, a bool mask kept for the backward pass.
 
 Every variant keeps each element with probability 1 - p and scales by 1 / (1 - p) (printed: the kept share on 1 M
 elements). A variant faster here would still save at most its gain times the dropout share of a step.
@@ -61,7 +63,10 @@ def main():
         for shape in ((32, 12, length, length), (32, length, 384)):
             compiled(torch.randn(shape, dtype=torch.bfloat16, requires_grad=True)).sum().backward()
     print(f"compile (fwd + bwd, dynamic shapes): {time.perf_counter() - start:.1f} s, not counted below")
-    variants = {"F.dropout (reference)": native, "rand-compare": rand_compare, "compiled": compiled}
+    from finlight.core.cpu_dropout import apply_dropout
+
+    variants = {"F.dropout (reference)": native, "rand-compare": rand_compare, "compiled": compiled,
+                "16-bit masks": lambda x: apply_dropout(x, P)}
     ones = torch.ones(1_000_000, dtype=torch.bfloat16)
     for name, fn in variants.items():
         out = fn(ones)

@@ -20,7 +20,7 @@ from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from finlight.core.callbacks import EvaluationReport, PredictionWriter, RunCheckpoint
+from finlight.core.callbacks import CpuDropoutKernel, EvaluationReport, PredictionWriter, RunCheckpoint
 from finlight.core.callbacks.hparams import HParamsSummary
 from finlight.core.callbacks.rng_state import RNGState
 from finlight.core.checkpoints import check_checkpoint_suits, check_finlight_checkpoint, resolve_checkpoint_alias
@@ -116,6 +116,8 @@ class FinlightCLI(LightningCLI):
                 print(f"finlight: precision auto → {choice.precision} ({choice.reason})")
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks.append(PrecisionRecord(choice))
+        if not any(isinstance(c, CpuDropoutKernel) for c in trainer.callbacks):
+            trainer.callbacks.append(CpuDropoutKernel())
         return trainer
 
 
