@@ -209,7 +209,7 @@ def run_cli(args: Optional[list[str]] = None, **kwargs) -> FinlightCLI:
         subclass_mode_model=True, subclass_mode_data=True,
         seed_everything_default=42,
         trainer_defaults={"logger": DEFAULT_LOGGER, "precision": "auto",  # see finlight.core.precision
-                          "plugins": [{"class_path": "finlight.core.checkpoints.AtomicCheckpointIO"}]},
+                          "plugins": [{"class_path": "finlight.core.checkpoints.BackgroundCheckpointIO"}]},
         parser_kwargs={"default_env": False, "allow_abbrev": False, "exit_on_error": False},
         save_config_kwargs={"overwrite": True},  # only a resumed run writes into an existing folder
         args=args, **kwargs,

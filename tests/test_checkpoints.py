@@ -5,7 +5,8 @@ import os
 import pytest
 import torch
 
-from finlight.core.checkpoints import AtomicCheckpointIO, check_finlight_checkpoint, load_checkpoint, resolve_checkpoint_alias
+from finlight.core.checkpoints import (AtomicCheckpointIO, BackgroundCheckpointIO, check_finlight_checkpoint, load_checkpoint,
+                                      resolve_checkpoint_alias)
 from finlight.errors import FinlightError
 
 
@@ -23,6 +24,46 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, mo
         io.save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
     monkeypatch.undo()
     assert load_checkpoint(str(path))["step"] == 1
+
+
+def test_background_writes_snapshot_the_state_and_keep_saves_and_removals_in_order(tmp_path, monkeypatch):
+    """The loop may change the weights as soon as save returns: the file holds the values at the call. A removal
+    queued right after a slow write still finds the file (it runs after it), and each write is recorded."""
+    io = BackgroundCheckpointIO()
+    real_save = torch.save
+
+    def slow_save(obj, handle):
+        import time
+        time.sleep(0.3)
+        real_save(obj, handle)
+
+    monkeypatch.setattr(torch, "save", slow_save)
+    weights = torch.ones(4)
+    old, new = tmp_path / "epoch00.ckpt", tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": weights}, "global_step": 7}, old)
+    io.save_checkpoint({"state_dict": {"w": weights}, "optimizer_states": [{}], "global_step": 7}, new)
+    weights.mul_(5)  # the next optimizer step, while both writes are still queued
+    io.remove_checkpoint(old)
+    assert not new.exists()  # still being written
+    io.wait()
+    monkeypatch.undo()
+    assert not old.exists() and not list(tmp_path.glob("*.tmp"))
+    assert torch.equal(load_checkpoint(str(new))["state_dict"]["w"], torch.ones(4))
+    records = io.take_written()
+    assert [(os.path.basename(r["path"]), r["weights_only"], r["step"]) for r in records] == [
+        ("epoch00.ckpt", True, 7), ("last.ckpt", False, 7)]
+    assert records[1]["mb"] == pytest.approx(os.path.getsize(new) / 1e6) and records[1]["seconds"] >= 0.3
+    assert io.take_written() == []
+    io.teardown()
+
+
+def test_a_failed_background_write_is_raised_not_lost(tmp_path):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("x")
+    io = BackgroundCheckpointIO()
+    with pytest.raises(OSError):  # on the save itself when the thread failed at once, else at teardown
+        io.save_checkpoint({"w": torch.ones(1)}, blocker / "last.ckpt")  # its folder cannot be created
+        io.teardown()
 
 
 def test_truncated_foreign_and_missing_checkpoints_are_one_line_errors(tmp_path):

@@ -100,6 +100,24 @@ def test_attention_matches_sdpa_when_nothing_is_dropped(mask_kind):
     assert torch.allclose(ours, reference, atol=1e-5)
 
 
+def test_bf16_attention_is_computed_in_fp32_and_returned_in_bf16():
+    """Under bf16 autocast the scores, softmax and weighted sum run in fp32 (as torch's CPU math SDPA does, which
+    is what HF trains with when dropout > 0): bf16 scores lost accuracy on the quickstart (0.75 vs 0.83)."""
+    q, k, v = (t * 4 for t in _qkv(length=16, dim=8))
+    module = nn.Module()
+    module.is_causal = False
+    exact, _ = attention_forward(module, q, k, v, None, dropout=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, _ = attention_forward(module, q.bfloat16(), k.bfloat16(), v.bfloat16(), None, dropout=1e-6)
+    inputs_rounded, _ = attention_forward(module, q.bfloat16().float(), k.bfloat16().float(), v.bfloat16().float(),
+                                          None, dropout=1e-6)
+    assert ours.dtype == torch.bfloat16
+    assert torch.allclose(ours.float(), inputs_rounded.bfloat16().float(), atol=0, rtol=0)  # only the output rounded
+    qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()  # what scoring in bf16 would give: several times worse
+    in_bf16 = (torch.softmax(qb @ kb.transpose(2, 3) * 8 ** -0.5, dim=-1).to(torch.bfloat16) @ vb).transpose(1, 2)
+    assert (in_bf16.float() - inputs_rounded).abs().mean() > 2 * (ours.float() - inputs_rounded).abs().mean()
+
+
 def test_attention_dropout_is_unbiased():
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 

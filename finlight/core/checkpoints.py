@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import copy
+import logging
 import os
+import time
 from typing import Optional
 
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.plugins.io import AsyncCheckpointIO
 
 from finlight.errors import FinlightError
+
+log = logging.getLogger("finlight.checkpoint")
 
 
 def load_checkpoint(path: str) -> dict:
@@ -125,10 +130,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     Lightning's own save goes through a temp file in the system temp folder and ``shutil.move``, which is a
     copy — not atomic — when that folder is on another file system. A run killed mid-save here leaves the
-    previous checkpoint intact (and at worst a stray ``.tmp``), never a truncated ``last.ckpt``.
+    previous checkpoint intact (and at worst a stray ``.tmp``), never a truncated ``last.ckpt``. Each finished
+    write is logged (file, size, seconds) and kept in ``written`` for the checkpoint callback's metrics.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[dict] = []  # appended by the writing thread, drained by RunCheckpoint
+
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        start = time.perf_counter()
         checkpoint = plain_numbers(checkpoint)
         path = os.fspath(path)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -138,6 +149,51 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+        record = {"path": path, "mb": os.path.getsize(path) / 1e6, "seconds": time.perf_counter() - start,
+                  "weights_only": "optimizer_states" not in checkpoint, "step": checkpoint.get("global_step")}
+        log.info("checkpoint %s: %.1f MB (%s) written in %.2f s", os.path.basename(path), record["mb"],
+                 "weights only" if record["weights_only"] else "full resumable state", record["seconds"])
+        self.written.append(record)
+
+    def take_written(self) -> list[dict]:
+        """The writes finished since the last call (oldest first)."""
+        taken, self.written[:] = list(self.written), []
+        return taken
+
+
+class BackgroundCheckpointIO(AsyncCheckpointIO):
+    """:class:`AtomicCheckpointIO` in a background thread (Lightning's ``AsyncCheckpointIO``): the training loop
+    waits only for a copy of the state (Lightning clones every tensor before handing it over), not for the
+    fsynced write — for MiniLM's 273 MB AdamW state ~0.1 s instead of ~0.8 s an epoch.
+
+    Removals queue behind the writes (``AsyncCheckpointIO`` removes at once, so a best file superseded while it
+    is still being written would reappear afterwards). The end of a stage, an error or a kill waits for the
+    queue (Lightning's strategy teardown); a killed process loses at most the write in flight, and the file it
+    would have replaced stays whole."""
+
+    def __init__(self, checkpoint_io: Optional[TorchCheckpointIO] = None) -> None:
+        super().__init__(checkpoint_io if checkpoint_io is not None else AtomicCheckpointIO())
+
+    def remove_checkpoint(self, path) -> None:
+        self._ensure_setup()
+        self._executor.submit(self._remove, path)
+
+    def _remove(self, path) -> None:
+        try:
+            self.checkpoint_io.remove_checkpoint(path)
+        except BaseException as error:  # raised on the next save or at teardown, as a failed write is
+            self._error = error
+
+    def wait(self) -> None:
+        """Block until every queued write and removal is done."""
+        if self._executor is not None:
+            self._executor.submit(lambda: None).result()
+        if self._error:
+            raise self._error
+
+    def take_written(self) -> list[dict]:
+        inner = self.checkpoint_io
+        return inner.take_written() if hasattr(inner, "take_written") else []
 
 
 def check_state_dict_fits(expected: dict, found: dict, what: str = "the checkpoint", hint: str = "") -> None:

@@ -77,7 +77,9 @@ def attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
                       attention_mask: Optional[torch.Tensor], dropout: float = 0.0, scaling: Optional[float] = None,
                       **kwargs):
     """transformers' attention-function signature; softmax attention with :func:`dropout_mask` when training on
-    CPU with dropout, transformers' SDPA function otherwise (eval, ``dropout = 0``, GPUs, grouped KV heads)."""
+    CPU with dropout, transformers' SDPA function otherwise (eval, ``dropout = 0``, GPUs, grouped KV heads).
+    Computed in fp32 and returned in the input's dtype, as torch's CPU math SDPA does (bf16 scores cost the
+    quickstart up to 8 pt; reports/benchmarks/README.md)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     grouped = getattr(module, "num_key_value_groups", 1) > 1
@@ -87,20 +89,25 @@ def attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
                                       scaling=scaling, **kwargs)
     if scaling is None:
         scaling = query.size(-1) ** -0.5
+    with torch.autocast("cpu", enabled=False):  # fp32 like torch's CPU math SDPA: bf16 scores lose half the digits
+        output = _softmax_attention(query.float(), key.float(), value.float(), attention_mask, dropout, scaling,
+                                    module, kwargs.get("is_causal"))
+    return output.to(query.dtype).transpose(1, 2).contiguous(), None
+
+
+def _softmax_attention(query, key, value, attention_mask, dropout: float, scaling: float, module, causal):
     weights = torch.matmul(query, key.transpose(2, 3)) * scaling
-    causal = kwargs.get("is_causal")
     causal = getattr(module, "is_causal", False) if causal is None else causal
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
             weights = weights.masked_fill(~attention_mask, torch.finfo(weights.dtype).min)
         else:
-            weights = weights + attention_mask
+            weights = weights + attention_mask.float()
     elif causal and query.shape[2] > 1:
         future = torch.ones(query.shape[2], key.shape[2], dtype=torch.bool).triu(1 + key.shape[2] - query.shape[2])
         weights = weights.masked_fill(future, torch.finfo(weights.dtype).min)
-    weights = nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(value.dtype)
-    weights = apply_dropout(weights, dropout, True)
-    return torch.matmul(weights, value).transpose(1, 2).contiguous(), None
+    weights = apply_dropout(nn.functional.softmax(weights, dim=-1), dropout, True)
+    return torch.matmul(weights, value)
 
 
 def register_attention() -> None:

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import time
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from finlight.errors import FinlightError
-
-log = logging.getLogger("finlight.checkpoint")
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -22,7 +18,8 @@ class RunCheckpoint(ModelCheckpoint):
     ``best_weights_only`` (default): the ranked (best top-k) files hold what evaluation needs — the weights and
     the module's own entries (label names, backbone config, tokenizer) — not the optimizer and callback states
     that only resuming needs; ``last.ckpt`` keeps the full resumable state. For AdamW that makes a best file
-    about a third of a full one. Each write is logged (file, size, seconds) on the console and as
+    about a third of a full one. Files are written in the background (``BackgroundCheckpointIO``, the CLI's
+    default); each finished write is logged (file, size, seconds) on the console and as
     ``checkpoint/{best,last}_{mb,write_s}`` metrics."""
 
     def __init__(self, root: str = "checkpoints", best_weights_only: bool = True, **kwargs):
@@ -43,25 +40,33 @@ class RunCheckpoint(ModelCheckpoint):
     # ``_should_skip_saving_checkpoint``, ``_monitor_candidates`` and ``_save_last_checkpoint`` are what
     # ModelCheckpoint's own hooks use to write last.ckpt, reused so the extra write follows the same rules.
     def _save_checkpoint(self, trainer, filepath: str) -> None:
-        """Ranked files weights-only (``best_weights_only``), ``last.ckpt`` in full; the write timed."""
+        """Ranked files weights-only (``best_weights_only``), ``last.ckpt`` in full."""
         full = filepath == self.last_model_path or not self.best_weights_only
         configured = self.save_weights_only
-        written_weights_only = self.save_weights_only = configured or not full
-        start = time.perf_counter()
+        self.save_weights_only = configured or not full
         try:
             super()._save_checkpoint(trainer, filepath)
         finally:
             self.save_weights_only = configured
-        seconds = time.perf_counter() - start
-        if not trainer.is_global_zero or not os.path.isfile(filepath):
+        self._log_finished_writes(trainer)
+
+    def _log_finished_writes(self, trainer) -> None:
+        """Size and write time of each file the checkpoint IO has finished (it writes in the background, so
+        these are the earlier saves'), as metrics at the step each was saved at; the IO logs them on the console."""
+        take = getattr(trainer.strategy.checkpoint_io, "take_written", None)
+        if take is None or not trainer.is_global_zero:
             return
-        kind = "last" if filepath == self.last_model_path else "best"
-        megabytes = os.path.getsize(filepath) / 1e6
-        log.info("checkpoint %s: %.1f MB (%s) written in %.2f s", os.path.basename(filepath), megabytes,
-                 "weights only" if written_weights_only else "full resumable state", seconds)
-        for logger in trainer.loggers:
-            logger.log_metrics({f"checkpoint/{kind}_mb": megabytes, f"checkpoint/{kind}_write_s": seconds},
-                               step=trainer.global_step)
+        for record in take():
+            kind = "last" if os.path.basename(record["path"]) == os.path.basename(self.last_model_path or "last.ckpt") \
+                else "best"
+            step = record["step"] if record["step"] is not None else trainer.global_step
+            for logger in trainer.loggers:
+                logger.log_metrics({f"checkpoint/{kind}_mb": record["mb"], f"checkpoint/{kind}_write_s": record["seconds"]},
+                                   step=step)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        # the strategy's teardown has waited for the background writes; the loggers are still open
+        self._log_finished_writes(trainer)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.dirpath is None and trainer.logger is not None and trainer.logger.version is not None:
