@@ -174,9 +174,14 @@ class BackgroundCheckpointIO(AsyncCheckpointIO):
     def __init__(self, checkpoint_io: Optional[TorchCheckpointIO] = None) -> None:
         super().__init__(checkpoint_io if checkpoint_io is not None else AtomicCheckpointIO())
 
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        # the path is resolved now: the working directory may change before the thread writes
+        # (finlight.dendrites.perforate runs PerforatedAI inside its own folder, which writes relative paths)
+        super().save_checkpoint(checkpoint, os.path.abspath(path), storage_options)
+
     def remove_checkpoint(self, path) -> None:
         self._ensure_setup()
-        self._executor.submit(self._remove, path)
+        self._executor.submit(self._remove, os.path.abspath(path))
 
     def _remove(self, path) -> None:
         try:
