@@ -45,7 +45,7 @@ def test_background_writes_snapshot_the_state_and_keep_saves_and_removals_in_ord
     weights.mul_(5)  # the next optimizer step, while both writes are still queued
     io.remove_checkpoint(old)
     assert not new.exists()  # still being written
-    io.wait()
+    io.teardown()  # waits for the queue
     monkeypatch.undo()
     assert not old.exists() and not list(tmp_path.glob("*.tmp"))
     assert torch.equal(load_checkpoint(str(new))["state_dict"]["w"], torch.ones(4))
@@ -54,7 +54,6 @@ def test_background_writes_snapshot_the_state_and_keep_saves_and_removals_in_ord
         ("epoch00.ckpt", True, 7), ("last.ckpt", False, 7)]
     assert records[1]["mb"] == pytest.approx(os.path.getsize(new) / 1e6) and records[1]["seconds"] >= 0.3
     assert io.take_written() == []
-    io.teardown()
 
 
 def test_a_failed_background_write_is_raised_not_lost(tmp_path):

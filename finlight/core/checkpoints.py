@@ -192,13 +192,6 @@ class BackgroundCheckpointIO(AsyncCheckpointIO):
         except BaseException as error:  # raised on the next save or at teardown, as a failed write is
             self._error = error
 
-    def wait(self) -> None:
-        """Block until every queued write and removal is done."""
-        if self._executor is not None:
-            self._executor.submit(lambda: None).result()
-        if self._error:
-            raise self._error
-
     def take_written(self) -> list[dict]:
         inner = self.checkpoint_io
         return inner.take_written() if hasattr(inner, "take_written") else []
