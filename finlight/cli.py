@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Optional
 
 from jsonargparse import ArgumentError
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from finlight.core import cpu_memory
 from finlight.core.callbacks import CpuDropoutKernel, EvaluationReport, PredictionWriter, RunCheckpoint
 from finlight.core.callbacks.hparams import HParamsSummary
 from finlight.core.callbacks.rng_state import RNGState
@@ -103,7 +105,8 @@ class FinlightCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         """``trainer.precision: auto`` (the default) becomes bf16-mixed or 32-true for this machine (one line
-        says which and why); the choice is recorded in the run folder as ``precision.json``."""
+        says which and why); the choice is recorded in the run folder as ``precision.json``. On CPU the process
+        keeps freed memory for reuse (:mod:`finlight.core.cpu_memory`)."""
         from lightning.fabric.utilities.rank_zero import rank_zero_only
 
         from finlight.core.precision import AUTO, PrecisionRecord, resolve_precision
@@ -115,6 +118,10 @@ class FinlightCLI(LightningCLI):
             if rank_zero_only.rank == 0:
                 print(f"finlight: precision auto → {choice.precision} ({choice.reason})")
         trainer = super().instantiate_trainer(**kwargs)
+        if isinstance(trainer.accelerator, CPUAccelerator):
+            kept = cpu_memory.keep_freed_memory()
+            if kept and rank_zero_only.rank == 0:
+                print(f"finlight: {kept}")
         trainer.callbacks.append(PrecisionRecord(choice))
         if not any(isinstance(c, CpuDropoutKernel) for c in trainer.callbacks):
             trainer.callbacks.append(CpuDropoutKernel())

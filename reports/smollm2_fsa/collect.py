@@ -3,9 +3,9 @@
     python reports/smollm2_fsa/collect.py      # from the repository root
 
 Reads the newest finished folder of each row (logs/<row>/version_N with val_metrics.json): the zero-shot rows and,
-per training seed, the tuned rows. Writes here: results.csv (one row per evaluation), paired.csv (each tuned seed
-against the zero-shot model in the same mode, and seed against seed: McNemar on per-example correctness, and for
-constrained scoring a paired bootstrap of macro-F1; unparseable answers count as errors) and results.md.
+per training seed and training-set size, the tuned rows. Writes here (or to $REPORT_DIR): results.csv (one row per
+evaluation), paired.csv (each tuned row against the zero-shot model in the same mode, and tuned rows against each
+other: McNemar on per-example correctness, and for constrained scoring a paired bootstrap of macro-F1; unparseable answers count as errors) and results.md.
 Per-example results come from val_predictions.jsonl (constrained) and val_generations.jsonl (generate), matched by
 the example's index in the validation split.
 """
@@ -24,21 +24,22 @@ import yaml
 sys.path.insert(0, os.getcwd())
 from finlight.report.compare import _write_csv, mcnemar_test, mean_std, paired_bootstrap  # noqa: E402
 
-OUT = "reports/smollm2_fsa"
+OUT = os.environ.get("REPORT_DIR", "reports/smollm2_fsa")  # run.sh passes its REPORT_DIR
 MODES = ("constrained", "generate")
 
 
-def finished(row: str) -> dict[int, str]:
-    """seed → newest folder of ``row`` holding a val_metrics.json."""
-    found: dict[int, tuple[int, str]] = {}
+def finished(row: str) -> dict[tuple, str]:
+    """(seed, training prompts) → newest folder of ``row`` holding a val_metrics.json."""
+    found: dict[tuple, tuple[int, str]] = {}
     for folder in glob.glob(f"logs/{row}/version_*"):
         if not os.path.isfile(f"{folder}/val_metrics.json"):
             continue
         seed = (yaml.safe_load(open(f"{folder}/config.yaml")) or {}).get("seed_everything")
+        key = (seed, train_prompts(json.load(open(f"{folder}/val_metrics.json")).get("checkpoint")))
         version = int(folder.rsplit("_", 1)[1])
-        if seed not in found or version > found[seed][0]:
-            found[seed] = (version, folder)
-    return {seed: folder for seed, (_, folder) in found.items()}
+        if key not in found or version > found[key][0]:
+            found[key] = (version, folder)
+    return {key: folder for key, (_, folder) in found.items()}
 
 
 def train_prompts(checkpoint) -> object:
@@ -68,10 +69,10 @@ def per_example(folder: str, mode: str, names: list[str]) -> tuple[list[int], li
 def main() -> None:
     runs = []  # (name, mode, seed, folder)
     for mode in MODES:
-        for seed, folder in finished(f"smollm2_fsa_zeroshot_{mode}").items():
+        for _, folder in finished(f"smollm2_fsa_zeroshot_{mode}").items():
             runs.append(("zero-shot", mode, None, folder))
-        for seed, folder in sorted(finished(f"smollm2_fsa_lora_val_{mode}").items()):
-            runs.append(("tuned", mode, seed, folder))
+        for (seed, prompts), folder in sorted(finished(f"smollm2_fsa_lora_val_{mode}").items(), key=str):
+            runs.append((f"tuned {prompts}", mode, seed, folder))
     if not runs:
         sys.exit("collect: no finished rows under logs/smollm2_fsa_*; run reports/smollm2_fsa/run.sh first")
     table, examples = [], {}
@@ -88,7 +89,7 @@ def main() -> None:
     pairs = []
     for mode in MODES:
         base = next((k for k in examples if k[0] == "zero-shot" and k[1] == mode), None)
-        tuned = sorted((k for k in examples if k[0] == "tuned" and k[1] == mode), key=lambda k: k[2])
+        tuned = sorted((k for k in examples if k[0].startswith("tuned") and k[1] == mode), key=str)
         comparisons = [(base, t) for t in tuned if base] + [(a, b) for i, a in enumerate(tuned) for b in tuned[i + 1:]]
         for a, b in comparisons:
             if examples[a] is None or examples[b] is None:
@@ -127,14 +128,13 @@ def _markdown(table, pairs, names) -> str:
         f1s = " / ".join(f"{r[f'f1_{n}']:.3f}" for n in names)
         lines.append(f"| {r['row']} | {r['mode']} | {r['seed']} | {r['train_prompts']} | {r['acc']:.4f} | "
                      f"{r['macro_f1']:.4f} | {f1s} | {_f(r['unparseable'], 3)} | {_f(r['tokens_per_s'], 1)} |")
-    lines += ["", "Tuned rows, mean ± std over seeds:", ""]
-    for mode in MODES:
-        rows = [r for r in table if r["row"] == "tuned" and r["mode"] == mode]
-        if rows:
-            acc, macro = mean_std([r["acc"] for r in rows]), mean_std([r["macro_f1"] for r in rows])
-            std = lambda s: "" if s is None else f" ± {s:.4f}"  # noqa: E731
-            lines.append(f"- {mode}: acc {acc[0]:.4f}{std(acc[1])}, macro-F1 {macro[0]:.4f}{std(macro[1])} "
-                         f"({len(rows)} seeds)")
+    lines += ["", "Tuned rows (`tuned N`: LoRA on N training prompts), mean ± std over seeds:", ""]
+    for group in sorted({(r["row"], r["mode"]) for r in table if r["row"].startswith("tuned")}):
+        rows = [r for r in table if (r["row"], r["mode"]) == group]
+        acc, macro = mean_std([r["acc"] for r in rows]), mean_std([r["macro_f1"] for r in rows])
+        std = lambda s: "" if s is None else f" ± {s:.4f}"  # noqa: E731
+        lines.append(f"- {group[0]} prompts, {group[1]}: acc {acc[0]:.4f}{std(acc[1])}, macro-F1 "
+                     f"{macro[0]:.4f}{std(macro[1])} ({len(rows)} seed{'s' if len(rows) > 1 else ''})")
     lines += ["", "Paired tests on the same 587 sentences (McNemar: b = A right, B wrong; c = A wrong, B right; "
               "bootstrap: Δ macro-F1 = B − A, 10,000 resamples, 95 % interval):", "",
               "| mode | A | B | McNemar b / c | p | Δ macro-F1 [95 % CI] | p |", "|---|---|---|---|---|---|---|"]

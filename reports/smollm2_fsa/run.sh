@@ -19,13 +19,17 @@
 # Console output of each step: logs/smollm2_fsa/<step>.out; one line per step: logs/smollm2_fsa/progress.log.
 # At the end reports/smollm2_fsa/collect.py writes results.md / results.csv / paired.csv here (paired tests).
 #
-# Environment: PYTHON (default .venv/bin/python), SEEDS (default "1 2 3"), SUBSAMPLE (default 1024), QUANT (default
-# none; nf4 = 4-bit NF4 base, double quantisation, bf16 compute), DRY_RUN=1 (say what is done and what would run).
+# Environment: PYTHON (default .venv/bin/python), SEEDS (default "1 2 3"), SUBSAMPLE (default 1024; "all" = the whole
+# train split, one epoch), QUANT (default none; nf4 = 4-bit NF4 base, double quantisation, bf16 compute),
+# REPORT_DIR (where collect.py writes, default reports/smollm2_fsa), DRY_RUN=1 (say what is done and what would run).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 source reports/study_lib.sh  # HF_HUB_OFFLINE, PYTHON, say, step, tested_checkpoint
 read -r -a SEED_LIST <<< "${SEEDS-1 2 3}"  # SEEDS="" runs the zero-shot rows only
 SUBSAMPLE=${SUBSAMPLE:-1024}
+SUBSAMPLE_ARG=$SUBSAMPLE
+[ "$SUBSAMPLE" = all ] && SUBSAMPLE_ARG=null
+export REPORT_DIR=${REPORT_DIR:-reports/smollm2_fsa}
 QUANT=${QUANT:-none}
 CONFIG=configs/smollm2_fsa_lora.yaml
 STEM=smollm2_fsa_lora
@@ -50,7 +54,7 @@ fit_ckpt() {
     [ -f "$folder/config.yaml" ] || continue
     n=${folder##*_}
     grep -q "^seed_everything: $1\$" "$folder/config.yaml" || continue
-    grep -q "^    train_subsample: $SUBSAMPLE\$" "$folder/config.yaml" || continue
+    grep -q "^    train_subsample: $SUBSAMPLE_ARG\$" "$folder/config.yaml" || continue
     [ -f "checkpoints/$STEM/version_$n/last.ckpt" ] || continue
     [ "checkpoints/$STEM/version_$n/last.ckpt" -nt "$CONFIG" ] || continue
     best="checkpoints/$STEM/version_$n/last.ckpt"
@@ -74,7 +78,7 @@ for seed in "${SEED_LIST[@]}"; do
     say "skip  fit seed $seed (done: $ckpt)"
   else
     step "fit.seed$seed" "$PYTHON" -m finlight fit --config "$CONFIG" --seed_everything "$seed" \
-      --data.init_args.train_subsample "$SUBSAMPLE" --trainer.limit_val_batches 0 --trainer.num_sanity_val_steps 0 \
+      --data.init_args.train_subsample "$SUBSAMPLE_ARG" --trainer.limit_val_batches 0 --trainer.num_sanity_val_steps 0 \
       "${QUANT_ARGS[@]}" "${COMMON[@]}"
     ckpt=$(fit_ckpt "$seed")
     if [ -z "$ckpt" ]; then
@@ -94,9 +98,9 @@ for seed in "${SEED_LIST[@]}"; do
   done
 done
 if [ "${DRY_RUN:-0}" = 1 ]; then
-  echo "would run: $PYTHON reports/smollm2_fsa/collect.py (results.md, results.csv, paired.csv)"
-elif "$PYTHON" reports/smollm2_fsa/collect.py > "$WORK/collect.out" 2>&1; then
-  say "results: reports/smollm2_fsa/results.md"
+  echo "would run: $PYTHON reports/smollm2_fsa/collect.py (results.md, results.csv, paired.csv in $REPORT_DIR)"
+elif mkdir -p "$REPORT_DIR" && "$PYTHON" reports/smollm2_fsa/collect.py > "$WORK/collect.out" 2>&1; then
+  say "results: $REPORT_DIR/results.md"
 else
   say "FAIL  collect; see $WORK/collect.out"
   FAILED=1
