@@ -4,8 +4,8 @@ glibc's malloc serves every request above 32 MB with a fresh ``mmap`` and hands 
 freed. A CPU training step allocates some such buffers anew every step — the word-embedding gradient of a BERT
 vocabulary is 30,522 × 384 fp32 = 47 MB, zeroed by ``embedding_dense_backward`` — so each step the kernel
 faults and zeroes those pages again: ``torch.zeros(30522, 384)`` costs 14.8 ms that way and 1.2 ms from memory
-kept by the allocator (AMD EPYC, 2 threads), and ``aten::fill_`` was 7 % of a MiniLM bf16 step
-(reports/benchmarks/step_profile_minilm*.txt). Torch's CPU allocator is plain ``posix_memalign`` (its caching
+kept by the allocator (AMD EPYC, 2 threads); kept, a MiniLM bf16 step is 1.13x faster
+(reports/benchmarks/keep_memory_epyc.txt). Torch's CPU allocator is plain ``posix_memalign`` (its caching
 allocator is CUDA-only) and the usual remedy, an ``LD_PRELOAD`` of jemalloc or tcmalloc, must be set before the
 process starts; glibc's own ``mallopt`` does the same job in-process, so this module calls it: no ``mmap`` for
 allocations (``M_MMAP_MAX`` 0) and no trimming of the heap top below 1 GiB (``M_TRIM_THRESHOLD``). The cost is

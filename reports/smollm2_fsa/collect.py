@@ -5,7 +5,8 @@
 Reads the newest finished folder of each row (logs/<row>/version_N with val_metrics.json): the zero-shot rows and,
 per training seed and training-set size, the tuned rows. Writes here (or to $REPORT_DIR): results.csv (one row per
 evaluation), paired.csv (each tuned row against the zero-shot model in the same mode, and tuned rows against each
-other: McNemar on per-example correctness, and for constrained scoring a paired bootstrap of macro-F1; unparseable answers count as errors) and results.md.
+other: McNemar on per-example correctness, and for constrained scoring a paired bootstrap of macro-F1; unparseable
+answers count as errors) and results.md.
 Per-example results come from val_predictions.jsonl (constrained) and val_generations.jsonl (generate), matched by
 the example's index in the validation split.
 """
