@@ -85,7 +85,7 @@ def finlight_variant(args, workdir: Path, precision: str) -> dict:
     tested = run_cli(["test", "--config", str(path), "--ckpt_path", fit.trainer.checkpoint_callback.best_model_path])
     metrics = {k: float(v) for k, v in tested.trainer.callback_metrics.items()}
     return {"precision": str(fit.trainer.precision), "test_acc": metrics["test/acc"],
-            "test_macro_f1": metrics["test/macro_f1"], **steps.summary()}
+            "test_macro_f1": metrics["test/macro_f1"], **steps.summary(args.epochs)}
 
 
 class StepTiming(pl.Callback):
@@ -164,7 +164,7 @@ def hf_variant(args, workdir: Path, bf16: bool) -> dict:
     trainer.train()
     result = trainer.predict(test)
     return {"precision": "bf16 autocast" if bf16 else "fp32", "test_acc": result.metrics["test_acc"],
-            "test_macro_f1": result.metrics["test_macro_f1"], **steps.summary()}
+            "test_macro_f1": result.metrics["test_macro_f1"], **steps.summary(args.epochs)}
 
 
 class StepTimer:
@@ -184,10 +184,27 @@ class StepTimer:
             self.seconds.append(elapsed)
             self.shapes.append(self._shape)
 
-    def summary(self) -> dict:
+    def summary(self, epochs: int = 1) -> dict:
         samples = sum(s[0] for s in self.shapes)
         return {"steps_timed": len(self.seconds), "step_seconds": sum(self.seconds),
-                "step_samples_per_s": samples / max(sum(self.seconds), 1e-9), "shapes": self.shapes}
+                "step_samples_per_s": samples / max(sum(self.seconds), 1e-9), "shapes": self.shapes,
+                **self.by_epoch(epochs)}
+
+    def by_epoch(self, epochs: int) -> dict:
+        """Mean step ms and ms per 1,000 padded tokens of each epoch: where in a run a framework gains or loses
+        (the two frameworks order their length groups differently, so early steps alone compare unlike batches)."""
+        per_epoch = max(1, self.seen // max(1, epochs))
+        ms, per_k = [], []
+        for epoch in range(epochs):
+            rows = [(s, shape) for i, (s, shape) in enumerate(zip(self.seconds, self.shapes), start=3)
+                    if epoch * per_epoch <= i < (epoch + 1) * per_epoch]
+            if not rows:
+                continue
+            seconds = sum(s for s, _ in rows)
+            tokens = sum(shape[0] * shape[1] for _, shape in rows)
+            ms.append(round(1e3 * seconds / len(rows), 1))
+            per_k.append(round(1e6 * seconds / max(tokens, 1), 2))
+        return {"step_ms_by_epoch": ms, "ms_per_1k_tokens_by_epoch": per_k}
 
 
 def _median_round(runs: list[dict]) -> dict:
@@ -300,6 +317,9 @@ def main() -> None:
               "wall s / step samples/s:")
         for name, r in results.items():
             print(f"  {name:16s} {r['wall_s_rounds']}  {r['step_samples_per_s_rounds']}")
+    print("step ms by epoch  |  ms per 1,000 padded tokens by epoch (the median round):")
+    for name, r in results.items():
+        print(f"  {name:16s} {r.get('step_ms_by_epoch')}  |  {r.get('ms_per_1k_tokens_by_epoch')}")
     for r in results.values():
         r.pop("shapes", None)
     (out / "training.json").write_text(json.dumps({"setup": {k: v for k, v in vars(args).items()

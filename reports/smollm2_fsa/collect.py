@@ -44,8 +44,9 @@ def finished(row: str) -> dict[tuple, str]:
 
 
 def train_prompts(checkpoint) -> object:
-    """The training subsample of the fit that wrote ``checkpoint`` (checkpoints/<stem>/version_N/… → the fit's
-    logs/<stem>/version_N/config.yaml), or "" for the untuned model."""
+    """The training subsample (and whether the batch order was the seed's own) of the fit that wrote
+    ``checkpoint`` (checkpoints/<stem>/version_N/… → the fit's logs/<stem>/version_N/config.yaml), or "" for the
+    untuned model."""
     if not checkpoint:
         return ""
     parts = list(Path(checkpoint).parent.parts)
@@ -53,7 +54,10 @@ def train_prompts(checkpoint) -> object:
     config = Path(*parts) / "config.yaml"
     if not config.is_file():
         return "?"
-    return yaml.safe_load(config.read_text())["data"]["init_args"].get("train_subsample") or "all"
+    data = yaml.safe_load(config.read_text())["data"]["init_args"]
+    prompts = data.get("train_subsample") or "all"
+    # run.sh ORDER=seed: the batch order is the training seed's too (else data.seed's, the same for every seed)
+    return prompts if data.get("order_seed") is None else f"{prompts}, own order"
 
 
 def per_example(folder: str, mode: str, names: list[str]) -> tuple[list[int], list[int]] | None:

@@ -21,7 +21,9 @@
 #
 # Environment: PYTHON (default .venv/bin/python), SEEDS (default "1 2 3"), SUBSAMPLE (default 1024; "all" = the whole
 # train split, one epoch), QUANT (default none; nf4 = 4-bit NF4 base, double quantisation, bf16 compute),
-# REPORT_DIR (where collect.py writes, default reports/smollm2_fsa), DRY_RUN=1 (say what is done and what would run).
+# REPORT_DIR (where collect.py writes, default reports/smollm2_fsa), ORDER (default fixed: every seed sees data.seed
+# 42's batch order, so seeds differ in the LoRA A init only; seed = data.order_seed is the training seed too, so
+# seeds also differ in batch order), DRY_RUN=1 (say what is done and what would run).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 source reports/study_lib.sh  # HF_HUB_OFFLINE, PYTHON, say, step, tested_checkpoint
@@ -31,6 +33,8 @@ SUBSAMPLE_ARG=$SUBSAMPLE
 [ "$SUBSAMPLE" = all ] && SUBSAMPLE_ARG=null
 export REPORT_DIR=${REPORT_DIR:-reports/smollm2_fsa}
 QUANT=${QUANT:-none}
+ORDER=${ORDER:-fixed}
+case "$ORDER" in fixed|seed) ;; *) echo "ORDER=$ORDER: use fixed or seed" >&2; exit 2 ;; esac
 CONFIG=configs/smollm2_fsa_lora.yaml
 STEM=smollm2_fsa_lora
 WORK=logs/smollm2_fsa
@@ -47,14 +51,17 @@ COMMON=(--trainer.enable_progress_bar false)
 
 done_val() { "$PYTHON" reports/done_run.py "$1" "$STEM" any "$2" val; }  # row, seed
 
-# newest last.ckpt of a finished fit with seed $1 (its run folder's config.yaml has that seed), or nothing
+# newest last.ckpt of a finished fit with seed $1 (its run folder's config.yaml has that seed, subsample and batch
+# order seed), or nothing
 fit_ckpt() {
-  local best="" n
+  local best="" n order=null
+  [ "$ORDER" = seed ] && order=$1
   for folder in logs/$STEM/version_*; do
     [ -f "$folder/config.yaml" ] || continue
     n=${folder##*_}
     grep -q "^seed_everything: $1\$" "$folder/config.yaml" || continue
     grep -q "^    train_subsample: $SUBSAMPLE_ARG\$" "$folder/config.yaml" || continue
+    grep -q "^    order_seed: $order\$" "$folder/config.yaml" || continue
     [ -f "checkpoints/$STEM/version_$n/last.ckpt" ] || continue
     [ "checkpoints/$STEM/version_$n/last.ckpt" -nt "$CONFIG" ] || continue
     best="checkpoints/$STEM/version_$n/last.ckpt"
@@ -63,7 +70,7 @@ fit_ckpt() {
 }
 
 FAILED=0
-say "study start: seeds ${SEED_LIST[*]}, subsample $SUBSAMPLE, quantization $QUANT, python $PYTHON"
+say "study start: seeds ${SEED_LIST[*]}, subsample $SUBSAMPLE, batch order $ORDER, quantization $QUANT, python $PYTHON"
 for mode in constrained generate; do
   row=smollm2_fsa_zeroshot_$mode
   folder=$(done_val "$row" 42)
@@ -73,13 +80,15 @@ for mode in constrained generate; do
 done
 
 for seed in "${SEED_LIST[@]}"; do
+  ORDER_ARGS=()
+  [ "$ORDER" = seed ] && ORDER_ARGS=(--data.init_args.order_seed "$seed")
   ckpt=$(fit_ckpt "$seed")
   if [ -n "$ckpt" ]; then
     say "skip  fit seed $seed (done: $ckpt)"
   else
     step "fit.seed$seed" "$PYTHON" -m finlight fit --config "$CONFIG" --seed_everything "$seed" \
-      --data.init_args.train_subsample "$SUBSAMPLE_ARG" --trainer.limit_val_batches 0 --trainer.num_sanity_val_steps 0 \
-      "${QUANT_ARGS[@]}" "${COMMON[@]}"
+      --data.init_args.train_subsample "$SUBSAMPLE_ARG" "${ORDER_ARGS[@]}" --trainer.limit_val_batches 0 \
+      --trainer.num_sanity_val_steps 0 "${QUANT_ARGS[@]}" "${COMMON[@]}"
     ckpt=$(fit_ckpt "$seed")
     if [ -z "$ckpt" ]; then
       [ "${DRY_RUN:-0}" = 1 ] || { say "FAIL  fit seed $seed left no last.ckpt"; FAILED=1; }
@@ -89,7 +98,7 @@ for seed in "${SEED_LIST[@]}"; do
   for mode in constrained generate; do
     row=${STEM}_val_$mode
     folder=$(done_val "$row" "$seed")
-    if [ -n "$folder" ] && [ "$folder/val_metrics.json" -nt "$ckpt" ]; then
+    if [ -n "$folder" ] && [ "$folder/val_metrics.json" -nt "$ckpt" ] && grep -q "\"$ckpt\"" "$folder/val_metrics.json"; then
       say "skip  $row seed $seed (done: $folder)"; continue
     fi
     step "$row.seed$seed" "$PYTHON" -m finlight validate --config "$CONFIG" --experiment "$row" \
