@@ -138,7 +138,9 @@ def _markdown(table, pairs, names) -> str:
         rows = [r for r in table if (r["row"], r["mode"]) == group]
         acc, macro = mean_std([r["acc"] for r in rows]), mean_std([r["macro_f1"] for r in rows])
         std = lambda s: "" if s is None else f" ± {s:.4f}"  # noqa: E731
-        lines.append(f"- {group[0]} prompts, {group[1]}: acc {acc[0]:.4f}{std(acc[1])}, macro-F1 "
+        size, _, order = group[0].partition(", ")  # "tuned all, own order" → "tuned all prompts (own order)"
+        label = f"{size} prompts" + (f" ({order})" if order else "")
+        lines.append(f"- {label}, {group[1]}: acc {acc[0]:.4f}{std(acc[1])}, macro-F1 "
                      f"{macro[0]:.4f}{std(macro[1])} ({len(rows)} seed{'s' if len(rows) > 1 else ''})")
     lines += ["", "Paired tests on the same 587 sentences (McNemar: b = A right, B wrong; c = A wrong, B right; "
               "bootstrap: Δ macro-F1 = B − A, 10,000 resamples, 95 % interval):", "",
