@@ -194,17 +194,16 @@ class StepTimer:
         """Mean step ms and ms per 1,000 padded tokens of each epoch: where in a run a framework gains or loses
         (the two frameworks order their length groups differently, so early steps alone compare unlike batches)."""
         per_epoch = max(1, self.seen // max(1, epochs))
-        ms, per_k = [], []
-        for epoch in range(epochs):
-            rows = [(s, shape) for i, (s, shape) in enumerate(zip(self.seconds, self.shapes), start=3)
-                    if epoch * per_epoch <= i < (epoch + 1) * per_epoch]
-            if not rows:
-                continue
-            seconds = sum(s for s, _ in rows)
-            tokens = sum(shape[0] * shape[1] for _, shape in rows)
-            ms.append(round(1e3 * seconds / len(rows), 1))
-            per_k.append(round(1e6 * seconds / max(tokens, 1), 2))
-        return {"step_ms_by_epoch": ms, "ms_per_1k_tokens_by_epoch": per_k}
+        seconds, tokens, steps = [0.0] * epochs, [0] * epochs, [0] * epochs
+        for i, (s, shape) in enumerate(zip(self.seconds, self.shapes), start=3):  # steps 0-2 are not timed
+            epoch = i // per_epoch
+            if epoch < epochs:
+                seconds[epoch] += s
+                tokens[epoch] += shape[0] * shape[1]
+                steps[epoch] += 1
+        timed = [e for e in range(epochs) if steps[e]]
+        return {"step_ms_by_epoch": [round(1e3 * seconds[e] / steps[e], 1) for e in timed],
+                "ms_per_1k_tokens_by_epoch": [round(1e6 * seconds[e] / max(tokens[e], 1), 2) for e in timed]}
 
 
 def _median_round(runs: list[dict]) -> dict:
