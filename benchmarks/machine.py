@@ -4,11 +4,15 @@ included); plus FLOP counts of BERT-shaped encoders for the achieved rates."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
 
 FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+# Variables that make the libraries take a narrower code path than the CPU has (e.g. an AVX2-only machine's, on
+# an AVX-512 one): torch's own kernels, oneDNN (bf16 / int8 matmuls), MKL (fp32 BLAS).
+ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def cpu_line() -> str:
@@ -22,12 +26,25 @@ def cpu_line() -> str:
     except OSError:
         pass
     have = [f for f in FLAGS if f in flags]
+    limits = [f"{name}={os.environ[name]}" for name in ISA_LIMITS if os.environ.get(name)]
+    limited = f"; code paths limited by {' '.join(limits)}" if limits else ""
     return (f"CPU: {model or 'unknown'}; flags {' '.join(have) or 'none of ' + ' '.join(FLAGS)}; torch kernels "
-            f"{cpu_capability()}; {torch.get_num_threads()} torch threads")
+            f"{cpu_capability()}{limited}; {torch.get_num_threads()} torch threads")
 
 
 def matmul_gflops(dtype: torch.dtype, size: int = 2048, seconds: float = 1.0) -> float:
-    """Sustained ``size``² × ``size``² matmul rate in GFLOP/s (best of repeated timed rounds)."""
+    """Sustained ``size``² × ``size``² matmul rate in GFLOP/s (best of repeated timed rounds).
+
+    The size is halved while one product would take over a second (bf16 without bf16 instructions runs at
+    < 1 GFLOP/s: a 2048² product would take a minute), so the probe stays within a few seconds everywhere."""
+    while size > 256:
+        probe = torch.randn(256, 256, dtype=dtype)
+        torch.mm(probe, probe)
+        start = time.perf_counter()
+        torch.mm(probe, probe)
+        if (time.perf_counter() - start) * (size / 256) ** 3 <= 1.0:
+            break
+        size //= 2
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     torch.mm(a, b)  # warm-up (oneDNN / MKL kernel selection)
     best, deadline = 0.0, time.perf_counter() + seconds

@@ -1,12 +1,14 @@
-"""Where a bf16 training step's time goes: finlight (Lightning) against the HF Trainer, op by op.
+"""Where a training step's time goes: finlight (Lightning) against the HF Trainer, op by op.
 
     HF_HUB_OFFLINE=1 python benchmarks/step_profile.py            # both frameworks, each in a fresh process (~2 min)
+    HF_HUB_OFFLINE=1 python benchmarks/step_profile.py --precision fp32   # fp32 steps instead of bf16 autocast
 
-Same model (all-MiniLM-L6-v2), data (PhraseBank AllAgree, finlight's split), batch 32, max_length 64, lr 1e-4,
-clip 1.0 and bf16 autocast as benchmarks/training.py. In each framework's own step hooks, steps 10-29 of the first
-epoch run under ``torch.profiler`` (CPU activities); the mean wall time of steps 5-29 (profiler overhead included,
-alike for both) and the self-CPU time per step of the top operators are printed side by side. If the two columns
-match, a remaining wall-time gap between the frameworks is not in the step; if they differ, the table says where.
+Same model (all-MiniLM-L6-v2), data (PhraseBank AllAgree, finlight's split), batch 32, max_length 64, lr 1e-4, clip
+1.0 and (by default) bf16 autocast as benchmarks/training.py. In each framework's own step hooks, steps 10-29 of
+the first epoch run under ``torch.profiler`` (CPU activities); the mean wall time of steps 5-29 (profiler overhead
+included, alike for both) and the self-CPU time per step of the top operators are printed side by side. If the two
+columns match, a remaining wall-time gap between the frameworks is not in the step; if they differ, the table says
+where.
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ def run_finlight(args, recorder: Recorder, workdir: Path) -> None:
     config = {
         "seed_everything": 42,
         "trainer": {"max_epochs": 1, "gradient_clip_val": 1.0, "enable_progress_bar": False,
-                    "enable_model_summary": False, "enable_checkpointing": False, "precision": "bf16-mixed"},
+                    "enable_model_summary": False, "enable_checkpointing": False,
+                    "precision": "bf16-mixed" if args.precision == "bf16" else "32-true"},
         "model": {"class_path": "finlight.core.SequenceClassifier", "init_args": {
             "backbone": args.model, "learning_rate": 1e-4, "warmup_ratio": 0.1, "weight_decay": 0.01}},
         "data": {"class_path": "finlight.core.ClassificationDataModule", "init_args": {
@@ -105,7 +108,7 @@ def run_hf(args, recorder: Recorder, workdir: Path) -> None:
 
     Trainer.__init__ = with_hooks
     hf_args = argparse.Namespace(data=args.data, model=args.model, max_length=64, epochs=1, batch_size=32, lr=1e-4)
-    bench.hf_variant(hf_args, workdir, bf16=True)
+    bench.hf_variant(hf_args, workdir, bf16=args.precision == "bf16")
 
 
 def main() -> None:
@@ -116,6 +119,8 @@ def main() -> None:
     parser.add_argument("--data", default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--top", type=int, default=15, help="operators shown")
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
+                        help="bf16 autocast in both frameworks (default) or fp32 in both")
     args = parser.parse_args()
     import torch
 
@@ -137,13 +142,15 @@ def main() -> None:
         for framework in ("finlight", "hf"):
             result = Path(folder) / f"{framework}.json"
             done = subprocess.run([sys.executable, __file__, "--framework", framework, "--result", str(result),
-                                   "--model", args.model, "--data", args.data, "--threads", str(args.threads)],
+                                   "--model", args.model, "--data", args.data, "--threads", str(args.threads),
+                                   "--precision", args.precision],
                                   capture_output=True, text=True)
             if not result.exists():
                 sys.exit(f"step_profile: {framework} failed\n{done.stderr[-3000:]}")
             results[framework] = json.loads(result.read_text())
     fin, hf = results["finlight"], results["hf"]
-    print(f"mean step (bf16, batch 32): finlight {fin['step_ms']:.1f} ms, HF Trainer {hf['step_ms']:.1f} ms "
+    print(f"mean step ({args.precision}, batch 32): finlight {fin['step_ms']:.1f} ms, "
+          f"HF Trainer {hf['step_ms']:.1f} ms "
           f"(finlight / HF = {fin['step_ms'] / hf['step_ms']:.3f}; {fin['steps']} steps each)")
     ops = sorted(set(fin["ops_ms_per_step"]) | set(hf["ops_ms_per_step"]),
                  key=lambda k: -max(fin["ops_ms_per_step"].get(k, 0), hf["ops_ms_per_step"].get(k, 0)))
