@@ -68,15 +68,21 @@ def print_header(quick: bool = False) -> dict[str, float]:
     return peak
 
 
-def encoder_forward_flops(config, padded_lengths) -> float:
+def encoder_forward_flops(config, padded_lengths, first_token_last_layer: bool = False) -> float:
     """Multiply-add FLOPs (×2) of a BERT-shaped encoder's forward over sequences of the given (padded) lengths:
     the Q/K/V/O projections and the FFN per token, QKᵀ and attention × V per token pair; embeddings, norms and
-    the classification head are left out (well under 1 % here)."""
+    the classification head are left out (well under 1 % here). ``first_token_last_layer``: the last layer as
+    finlight's classifier computes it (`finlight.core.first_token`): keys and values for every token, the rest
+    for the first one only."""
     h, ffn, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     total = 0.0
     for length in padded_lengths:
         per_layer = length * (4 * h * h + 2 * h * ffn) + 2 * length * length * h
-        total += 2 * layers * per_layer
+        if first_token_last_layer and layers > 0:
+            last = length * 2 * h * h + (2 * h * h + 2 * h * ffn) + 2 * length * h
+            total += 2 * ((layers - 1) * per_layer + last)
+        else:
+            total += 2 * layers * per_layer
     return total
 
 

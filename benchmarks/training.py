@@ -17,8 +17,8 @@ checkpoints, the test):
   * HF Trainer, bf16, group_by_length
 ``--repeats N`` runs N interleaved rounds (each variant once per round) and reports the median-wall round of each.
 Step samples/s counts training steps only (forward, backward, clipping, optimizer step), timed per step in each
-framework's own step hooks. Achieved GFLOP/s = 3 × the encoder's forward FLOPs over the padded batches, divided
-by the step time; the matmul peak (fp32 and bf16) is measured at the start of the run. Ratios are against the
+framework's own step hooks. Achieved GFLOP/s = 3 × the encoder's forward FLOPs over the padded batches (as each
+framework computes them: finlight's last layer for [CLS] only, `finlight.core.first_token`), divided by the step time; the matmul peak (fp32 and bf16) is measured at the start of the run. Ratios are against the
 HF fp32 run of the same invocation.
 """
 
@@ -84,7 +84,10 @@ def finlight_variant(args, workdir: Path, precision: str) -> dict:
     steps = next(c for c in fit.trainer.callbacks if type(c).__name__ == "StepTiming").timer
     tested = run_cli(["test", "--config", str(path), "--ckpt_path", fit.trainer.checkpoint_callback.best_model_path])
     metrics = {k: float(v) for k, v in tested.trainer.callback_metrics.items()}
-    return {"precision": str(fit.trainer.precision), "test_acc": metrics["test/acc"],
+    from finlight.core.first_token import target_layer
+
+    first_token = bool(fit.model.hparams.get("first_token_last_layer", True)) and target_layer(fit.model.model) is not None
+    return {"precision": str(fit.trainer.precision), "first_token_last_layer": first_token, "test_acc": metrics["test/acc"],
             "test_macro_f1": metrics["test/macro_f1"], **steps.summary(args.epochs)}
 
 
@@ -295,7 +298,8 @@ def main() -> None:
                 continue
             result = json.loads(result_file.read_text())
             result["wall_s"] = wall
-            train_flops = 3 * encoder_forward_flops(config, [s[1] for s in result["shapes"] for _ in range(s[0])])
+            train_flops = 3 * encoder_forward_flops(config, [s[1] for s in result["shapes"] for _ in range(s[0])],
+                                                    first_token_last_layer=result.get("first_token_last_layer", False))
             result["gflops"] = train_flops / result["step_seconds"] / 1e9
             result["peak_share"] = result["gflops"] / peak["bf16" if "bf16" in result["precision"] else "fp32"]
             rounds[variant].append(result)

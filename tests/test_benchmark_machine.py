@@ -1,4 +1,5 @@
-"""benchmarks/machine.py: the CPU line names ISA-limiting variables; the matmul probe stays short when slow."""
+"""benchmarks/machine.py: the CPU line names ISA-limiting variables; the matmul probe stays short when slow; the
+encoder FLOP count by hand (full, and with the first-token last layer)."""
 
 import time
 
@@ -38,3 +39,14 @@ def test_matmul_probe_shrinks_when_one_product_would_be_slow(machine, monkeypatc
     rate = machine.matmul_gflops(torch.float32, size=2048, seconds=0.05)
     assert rate > 0
     assert max(sizes) == 512  # 2048 → 1024 (3.2 s) → 512 (0.4 s ≤ 1 s)
+
+
+def test_encoder_flops_by_hand_full_and_first_token_last_layer(machine):
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(hidden_size=2, intermediate_size=4, num_hidden_layers=2)
+    # a layer over 3 tokens: 3 × (4·2·2 + 2·2·4) projections/FFN + 2·3·3·2 attention = 96 + 36 = 132 multiply-adds
+    assert machine.encoder_forward_flops(config, [3]) == 2 * 2 * 132
+    # the last layer for the first token: K/V 3 × 2·2·2 = 24, Q/O/FFN 2·2·2 + 2·2·4 = 24, attention 2·3·2 = 12
+    assert machine.encoder_forward_flops(config, [3], first_token_last_layer=True) == 2 * (132 + 60)
+    assert machine.encoder_forward_flops(config, [3, 3]) == 2 * machine.encoder_forward_flops(config, [3])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from typing import Optional, Union
 
 import torch
@@ -16,6 +17,7 @@ from finlight.core.metrics import classification_metrics
 from finlight.core.adapters import LoraOptions, QuantizationOptions
 from finlight.core.backbone import ScratchConfig, build_from_scratch
 from finlight.core.base import CHECKPOINT_KEY, ClassificationModule  # noqa: F401  (CHECKPOINT_KEY re-exported)
+from finlight.core.first_token import first_token_only
 from finlight.core.heads import CONFIG_KEY as HEAD_KEY, install_mlp_head
 from finlight.core.optim import Schedule
 from finlight.prune.surgery import keep_layers as cut_to_layers, kept_layer_indices
@@ -53,6 +55,10 @@ class SequenceClassifier(ClassificationModule):
         head_hidden: replace the linear classification head by an MLP head with this many hidden units
             (`finlight.core.heads`): the equal-parameter control of methods that add parameters elsewhere
             (`finlight.core.heads.hidden_for_extra_parameters` sizes it). Recorded in the checkpoint's config.
+        first_token_last_layer: compute a BERT's last layer for the [CLS] token only, the one its pooler reads
+            (`finlight.core.first_token`: same logits and gradients, ~14 % fewer FLOPs for MiniLM-L6; fewer
+            dropout draws, so other masks than a full layer's). ``false`` runs the full layer, e.g. to repeat a
+            run made before 2026-12-04 exactly.
     """
 
     SCRATCH = ScratchConfig
@@ -76,6 +82,7 @@ class SequenceClassifier(ClassificationModule):
         gradient_checkpointing: bool = False,
         keep_layers: Optional[Union[int, list[int]]] = None,
         head_hidden: Optional[PositiveInt] = None,
+        first_token_last_layer: bool = True,
     ):
         super().__init__(backbone, scratch, lora, quantization, warmup_ratio)
         if keep_layers is not None:
@@ -155,8 +162,12 @@ class SequenceClassifier(ClassificationModule):
 
     # ------------------------------------------------------------------ steps
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        # fp32 logits under bf16 autocast: the loss, metrics and probabilities are computed in fp32
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+        # only logits are read here, so a BERT's last layer may run for the token its pooler reads (same logits and
+        # gradients: finlight.core.first_token); fp32 logits under bf16 autocast: the loss, metrics and
+        # probabilities are computed in fp32
+        shortcut = first_token_only(self.model) if self.hparams.get("first_token_last_layer", True) else nullcontext()
+        with shortcut:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return weighted_cross_entropy(logits, labels, self.class_weights, self.hparams.label_smoothing)

@@ -131,6 +131,7 @@ def _torch_runner(path: str, num_threads: Optional[int], device: str, bf16: bool
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    from finlight.core.first_token import first_token_only
     from finlight.core.removals import removal_aware_load
 
     if num_threads:
@@ -140,7 +141,7 @@ def _torch_runner(path: str, num_threads: Optional[int], device: str, bf16: bool
 
     def run(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast, first_token_only(model):  # a BERT's last layer for [CLS] only
             return model(input_ids=torch.from_numpy(input_ids).to(device),
                          attention_mask=torch.from_numpy(attention_mask).to(device)).logits.float().cpu().numpy()
 
