@@ -18,8 +18,9 @@ checkpoints, the test):
 ``--repeats N`` runs N interleaved rounds (each variant once per round) and reports the median-wall round of each.
 Step samples/s counts training steps only (forward, backward, clipping, optimizer step), timed per step in each
 framework's own step hooks. Achieved GFLOP/s = 3 × the encoder's forward FLOPs over the padded batches (as each
-framework computes them: finlight's last layer for [CLS] only, `finlight.core.first_token`), divided by the step time; the matmul peak (fp32 and bf16) is measured at the start of the run. Ratios are against the
-HF fp32 run of the same invocation.
+framework computes them: finlight's last layer for [CLS] only, `finlight.core.first_token`), divided by the step
+time; the matmul peak (fp32 and bf16) is measured at the start of the run. Ratios are against the HF fp32 run of
+the same invocation.
 """
 
 from __future__ import annotations
@@ -86,9 +87,10 @@ def finlight_variant(args, workdir: Path, precision: str) -> dict:
     metrics = {k: float(v) for k, v in tested.trainer.callback_metrics.items()}
     from finlight.core.first_token import target_layer
 
-    first_token = bool(fit.model.hparams.get("first_token_last_layer", True)) and target_layer(fit.model.model) is not None
-    return {"precision": str(fit.trainer.precision), "first_token_last_layer": first_token, "test_acc": metrics["test/acc"],
-            "test_macro_f1": metrics["test/macro_f1"], **steps.summary(args.epochs)}
+    first_token = (bool(fit.model.hparams.get("first_token_last_layer", True))
+                   and target_layer(fit.model.model) is not None)
+    return {"precision": str(fit.trainer.precision), "first_token_last_layer": first_token,
+            "test_acc": metrics["test/acc"], "test_macro_f1": metrics["test/macro_f1"], **steps.summary(args.epochs)}
 
 
 class StepTiming(pl.Callback):

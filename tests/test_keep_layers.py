@@ -84,6 +84,9 @@ def test_a_cut_run_reloads_exactly_from_its_checkpoint_for_test_and_export(in_tm
     inputs = tokenizer(inputs_text, padding=True, return_tensors="pt")
     with torch.no_grad():
         expected = fit.model.eval()(inputs["input_ids"], inputs["attention_mask"])
+        # the plain Hugging Face forward (full last layer, no [CLS]-only shortcut): what an export computes
+        expected_full = fit.model.model(**inputs).logits
+    torch.testing.assert_close(expected_full, expected, rtol=1e-5, atol=1e-6)
 
     # test --ckpt_path best: the 2-layer model, rebuilt from the checkpoint (nothing of the 4-layer one built)
     test = run_cli(["test", "--config", config, "--ckpt_path", "best"])
@@ -99,9 +102,9 @@ def test_a_cut_run_reloads_exactly_from_its_checkpoint_for_test_and_export(in_tm
     assert exported.config.num_hidden_layers == 2
     with torch.no_grad():
         for got in (test.model.eval()(inputs["input_ids"], inputs["attention_mask"]),
-                    alone.model.eval()(inputs["input_ids"], inputs["attention_mask"]),
-                    exported(**inputs).logits):
+                    alone.model.eval()(inputs["input_ids"], inputs["attention_mask"])):
             torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        torch.testing.assert_close(exported(**inputs).logits, expected_full, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("keep, message", [

@@ -23,8 +23,10 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
+from finlight.core.cpu_dropout import ATTENTION_NAME as CPU_DROPOUT_ATTENTION
+
 # attention implementations whose mask is a [batch, 1, query, key] tensor (or None) that slices to one query
-_MASK_SLICEABLE = ("eager", "sdpa", "finlight_cpu_dropout")
+_MASK_SLICEABLE = ("eager", "sdpa", CPU_DROPOUT_ATTENTION)
 
 
 def target_layer(model: nn.Module) -> Optional[nn.Module]:
