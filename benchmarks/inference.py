@@ -14,7 +14,8 @@ over the cores; the pipeline tokenizes text by text. Each timing is the median o
 ``--repeats`` passes after one warm-up pass.
 
 Variants: the pipeline; finlight `Predictor` with torch (longest-first batches, each padded to its own longest
-text); the same without sorting (input-order batches: shows what sorting alone buys); ONNX fp32; ONNX INT8
+text; a BERT's last layer for [CLS] only, `finlight.core.first_token`); the same without sorting (input-order
+batches: shows what sorting alone buys); the same with the whole last layer (what the shortcut buys); ONNX fp32; ONNX INT8
 (export-onnx's default INT8 recipe, see finlight/deploy/onnx.py INT8_RECIPES), both from the graph onnxruntime's transformer optimizer fused (export-onnx's
 default for BERT-family models); and both again from the unfused graph (``--no_optimize``); torch under bf16
 autocast (``Predictor`` backend ``torch-bf16``: faster only on AVX-512-BF16 / AMX CPUs). Accuracy / macro-F1 on the
@@ -140,14 +141,14 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     from finlight.deploy.onnx import DEFAULT_INT8, INT8_RECIPES, export_onnx
-    from finlight.deploy.predictor import Predictor
-    from machine import encoder_forward_flops, print_header
+    from finlight.deploy.predictor import Predictor, auto_torch_backend
+    from machine import ISA_LIMITS, encoder_forward_flops, print_header
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     torch.set_num_threads(args.threads)
     peak = print_header(args.quick)
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # train_model runs in the work folder
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="run_", dir=out))
     if not Path(args.data).is_file():
@@ -192,11 +193,22 @@ def main() -> None:
 
     int8_name = f"finlight Predictor, ONNX INT8 ({recipe}{f', {len(keep)} nodes fp32' if keep else ''})"
     load = dict(batch_size=args.batch_size, num_threads=args.threads, max_length=args.max_length)
+    # torch bf16 is timed only where the Predictor's `auto` would take it: on AVX2 code paths a pass takes ~30 min
+    auto_backend, auto_reason = auto_torch_backend()
+    print(f"Predictor backend auto → {auto_backend} ({auto_reason})"
+          + ("" if auto_backend == "torch-bf16" else "; torch bf16 not timed (slower here)"))
+    if any(os.environ.get(name) for name in ISA_LIMITS):
+        print("ISA limits hold torch / oneDNN / MKL only: onnxruntime's MLAS kernels still use every ISA the CPU has")
     variants = {
         "transformers pipeline (reference)": pipeline_labels,
         "finlight Predictor, torch": predictor_labels(Predictor.load(model_dir, "torch", **load)),
-        "finlight Predictor, torch bf16": predictor_labels(Predictor.load(model_dir, "torch-bf16", **load)),
+    }
+    if auto_backend == "torch-bf16":
+        variants["finlight Predictor, torch bf16"] = predictor_labels(Predictor.load(model_dir, "torch-bf16", **load))
+    variants |= {
         "  same, batches unsorted": predictor_labels(Predictor.load(model_dir, "torch", sort_by_length=False, **load)),
+        "  same, full last layer": predictor_labels(Predictor.load(model_dir, "torch", first_token_last_layer=False,
+                                                                   **load)),
         "finlight Predictor, ONNX fp32": predictor_labels(Predictor.load(str(workdir / "onnx"), "onnx", **load)),
         int8_name: predictor_labels(Predictor.load(str(workdir / "onnx"), "onnx-int8", **load)),
     }
@@ -238,7 +250,8 @@ def main() -> None:
         agreement = float(np.mean([p == t for p, t in zip(r["predicted"], torch_labels)]))
         ratio = r["samples_per_s"] / reference["samples_per_s"]
         order = "input order" if ("pipeline" in name or "unsorted" in name) else "sorted"
-        gflops = flops[order, shortcut and ("torch" in name or "unsorted" in name)] / r["seconds"] / 1e9
+        first = shortcut and ("torch" in name or "unsorted" in name) and "full last layer" not in name
+        gflops = flops[order, first] / r["seconds"] / 1e9
         share = gflops / peak["bf16" if "bf16" in name else "fp32"]
         print(f"{name:{width}s} {r['samples_per_s']:10.0f} {ratio:10.2f}× {accuracy:9.4f} {macro:9.4f} {agreement:8.1%} "
               f"{gflops:8.1f} {100 * share:6.0f}%")

@@ -1,10 +1,11 @@
 """The first-token last layer (`finlight.core.first_token`): the same logits and gradients as the full layer
 (padded batches, eager / SDPA / finlight's CPU-dropout attention, LoRA, the real MiniLM), the layer really runs on
-one position, the models and settings where it must stay off, and `SequenceClassifier.forward` using it (and not
-with ``first_token_last_layer: false``)."""
+one position, the models and settings where it must stay off, and `SequenceClassifier.forward` and the torch
+`Predictor` using it (and not with ``first_token_last_layer`` false)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -183,3 +184,22 @@ def test_sequence_classifier_forward_uses_it_unless_turned_off(tiny_hf_dir, enab
     handle.remove()
     assert logits.shape == (4, 3) and logits.dtype == torch.float32
     assert seen == [(4, 1 if enabled else 9, 32)]
+
+
+def test_torch_predictor_uses_it_unless_turned_off_with_the_same_probabilities(tiny_hf_dir, monkeypatch):
+    from finlight.core import first_token
+    from finlight.deploy.predictor import Predictor
+
+    calls = []
+    original = first_token._first_token_forward
+    monkeypatch.setattr(first_token, "_first_token_forward",
+                        lambda layer, hidden, *args, **kwargs: calls.append(hidden.shape[1]) or original(
+                            layer, hidden, *args, **kwargs))
+    texts = ["Operating profit rose to EUR 12 million.", "Shares were flat.", "Net sales fell sharply this year."]
+    short = Predictor.load(str(tiny_hf_dir), backend="torch", batch_size=2).predict_proba(texts)
+    assert len(calls) == 2 and min(calls) > 1  # one call a batch, on the full sequences' hidden states
+    full = Predictor.load(str(tiny_hf_dir), backend="torch", batch_size=2,
+                          first_token_last_layer=False).predict_proba(texts)
+    assert len(calls) == 2  # not called again
+    assert short.shape == (3, 3)
+    np.testing.assert_allclose(short, full, atol=1e-6)

@@ -4,6 +4,7 @@ fp32 losses under bf16 autocast."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -125,3 +126,37 @@ def test_loss_and_metrics_stay_fp32_under_bf16_autocast(tiny_hf_dir, monkeypatch
     assert module.val_metrics.compute()["acc"].dtype == torch.float32
     reference = real_loss(raw.float(), batch["labels"], module.class_weights, 0.0)
     assert float(loss) == pytest.approx(float(reference), abs=1e-6)
+
+
+@pytest.mark.parametrize("capability, flags, expected", [
+    ("AVX2", AVX2, "torch"),
+    ("AVX512", AVX512, "torch"),
+    ("AVX512", AVX512_BF16, "torch-bf16"),
+    ("AVX2", AMX, "torch"),
+])
+def test_the_predictor_auto_backend_follows_the_same_rule(tiny_hf_dir, cpu_with, capability, flags, expected):
+    from finlight.deploy.predictor import Predictor
+
+    cpu_with(capability, flags)
+    predictor = Predictor.load(str(tiny_hf_dir))  # an exported HF directory: a torch backend
+    assert predictor.backend == expected
+    assert predictor.backend_reason == choose_precision("cpu", capability, flags)[1]
+    probabilities = predictor.predict_proba(["Operating profit rose.", "Shares were flat."])
+    assert probabilities.shape == (2, 3) and np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-3)
+
+
+def test_the_predictor_auto_backend_honours_the_pin_and_explicit_backends(tiny_hf_dir, cpu_with, monkeypatch,
+                                                                          capsys):
+    from finlight.deploy.predictor import Predictor, main
+
+    cpu_with("AVX512", AMX)
+    monkeypatch.setenv(precision_module.ENV_PIN, "32-true")
+    pinned = Predictor.load(str(tiny_hf_dir))
+    assert (pinned.backend, pinned.backend_reason) == ("torch", f"{precision_module.ENV_PIN}=32-true")
+    explicit = Predictor.load(str(tiny_hf_dir), backend="torch")
+    assert (explicit.backend, explicit.backend_reason) == ("torch", "")
+    monkeypatch.delenv(precision_module.ENV_PIN)
+    main([str(tiny_hf_dir), "Operating profit rose."])  # the command line names its choice on stderr
+    captured = capsys.readouterr()
+    assert "finlight: backend torch-bf16 (CPU has amx_bf16 + avx512_bf16, torch kernels AVX512)" in captured.err
+    assert json.loads(captured.out.splitlines()[0])["text"] == "Operating profit rose."

@@ -34,7 +34,8 @@ class Predictor:
     """Sorted, dynamically padded batches through one backend ``run(input_ids, attention_mask) → logits``."""
 
     def __init__(self, run: Callable[[np.ndarray, np.ndarray], np.ndarray], tokenizer, label_names: Sequence[str],
-                 max_length: int = 512, batch_size: int = 32, backend: str = "custom", sort_by_length: bool = True):
+                 max_length: int = 512, batch_size: int = 32, backend: str = "custom", sort_by_length: bool = True,
+                 backend_reason: str = ""):
         if batch_size < 1:
             raise FinlightError(f"predictor: batch_size={batch_size} must be >= 1")
         self.run = run
@@ -43,6 +44,7 @@ class Predictor:
         self.max_length = max_length
         self.batch_size = batch_size
         self.backend = backend
+        self.backend_reason = backend_reason  # why ``auto`` chose it ("" when set explicitly)
         self.sort_by_length = sort_by_length  # False: batches in input order (for comparisons only)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.encode = token_id_encoder(tokenizer, max_length)
@@ -50,9 +52,14 @@ class Predictor:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, path: str, backend: Backend = "auto", batch_size: int = 32, num_threads: Optional[int] = None,
-             max_length: Optional[int] = None, device: str = "cpu", sort_by_length: bool = True) -> "Predictor":
-        """``auto``: ONNX fp32 when the folder has ``model.onnx``, else torch. ``torch-bf16``: torch under bf16
-        autocast (fp32 weights; faster on AVX-512-BF16 / AMX CPUs and bf16 GPUs, much slower on AVX2-only CPUs)."""
+             max_length: Optional[int] = None, device: str = "cpu", sort_by_length: bool = True,
+             first_token_last_layer: bool = True) -> "Predictor":
+        """``auto``: ONNX fp32 when the folder has ``model.onnx``, else torch under bf16 autocast where the device
+        runs it faster and plain fp32 elsewhere — the rule of training's ``precision: auto``
+        (`finlight.core.precision.choose_precision`; ``backend_reason`` says why). ``torch-bf16``: torch under bf16
+        autocast (fp32 weights; faster on AVX-512-BF16 / AMX CPUs and bf16 GPUs, much slower on AVX2-only CPUs).
+        ``first_token_last_layer`` (torch backends): a BERT's last layer for [CLS] only (`finlight.core.first_token`;
+        same logits, fewer FLOPs); False computes the whole layer, as the exported graph does."""
         from transformers import AutoConfig, AutoTokenizer
 
         if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "config.json")):
@@ -65,12 +72,16 @@ class Predictor:
         if os.path.isfile(os.path.join(path, "finlight_onnx.json")):
             with open(os.path.join(path, "finlight_onnx.json")) as handle:
                 manifest = json.load(handle)
-        if backend == "auto":
-            backend = "onnx" if os.path.isfile(os.path.join(path, "model.onnx")) else "torch"
+        reason = ""
+        if backend == "auto" and os.path.isfile(os.path.join(path, "model.onnx")):
+            backend, reason = "onnx", "the folder holds model.onnx"
+        elif backend == "auto":
+            backend, reason = auto_torch_backend(device)
         limit = getattr(config, "max_position_embeddings", None) or 512
         max_length = min(max_length or manifest.get("max_length") or limit, limit)
         if backend in ("torch", "torch-bf16"):
-            run = _torch_runner(path, num_threads, device, bf16=backend == "torch-bf16")
+            run = _torch_runner(path, num_threads, device, bf16=backend == "torch-bf16",
+                                first_token_last_layer=first_token_last_layer)
         elif backend in ("onnx", "onnx-int8"):
             name = "model.onnx" if backend == "onnx" else "model.int8.onnx"
             if not os.path.isfile(os.path.join(path, name)):
@@ -79,7 +90,7 @@ class Predictor:
             run = _onnx_runner(os.path.join(path, name), num_threads)
         else:
             raise FinlightError(f"predictor: backend={backend!r}; use auto, torch, torch-bf16, onnx or onnx-int8")
-        return cls(run, tokenizer, label_names, max_length, batch_size, backend, sort_by_length)
+        return cls(run, tokenizer, label_names, max_length, batch_size, backend, sort_by_length, reason)
 
     # ------------------------------------------------------------------ inference
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
@@ -125,7 +136,28 @@ def token_id_encoder(tokenizer, max_length: int) -> Callable[[Sequence[str]], li
     return lambda texts: [encoding.ids for encoding in fast.encode_batch_fast(list(texts))]
 
 
-def _torch_runner(path: str, num_threads: Optional[int], device: str, bf16: bool = False):
+def auto_torch_backend(device: str = "cpu") -> tuple[str, str]:
+    """``("torch-bf16" | "torch", reason)``: bf16 autocast where training's ``precision: auto`` would choose
+    bf16-mixed on ``device`` (AVX-512 BF16 / AMX CPUs with AVX-512 kernels, bf16 GPUs; ``FINLIGHT_AUTO_PRECISION``
+    pins it), fp32 elsewhere — on an AVX2-only CPU bf16 runs several times slower."""
+    import torch
+
+    from finlight.core import precision
+
+    pinned = os.environ.get(precision.ENV_PIN)
+    if pinned:
+        chosen, reason = pinned, f"{precision.ENV_PIN}={pinned}"
+    elif torch.device(device).type == "cuda":
+        chosen, reason = precision.choose_precision("cuda", cuda_bf16=torch.cuda.is_bf16_supported(),
+                                                    cuda_name=torch.cuda.get_device_name(device))
+    else:
+        chosen, reason = precision.choose_precision(torch.device(device).type, precision.cpu_capability(),
+                                                    precision.cpu_flags())
+    return ("torch-bf16" if str(chosen).startswith("bf16") else "torch"), reason
+
+
+def _torch_runner(path: str, num_threads: Optional[int], device: str, bf16: bool = False,
+                  first_token_last_layer: bool = True):
     import contextlib
 
     import torch
@@ -141,7 +173,8 @@ def _torch_runner(path: str, num_threads: Optional[int], device: str, bf16: bool
 
     def run(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-        with torch.inference_mode(), autocast, first_token_only(model):  # a BERT's last layer for [CLS] only
+        shortcut = first_token_only(model) if first_token_last_layer else contextlib.nullcontext()
+        with torch.inference_mode(), autocast, shortcut:  # a BERT's last layer for [CLS] only
             return model(input_ids=torch.from_numpy(input_ids).to(device),
                          attention_mask=torch.from_numpy(attention_mask).to(device)).logits.float().cpu().numpy()
 
@@ -176,6 +209,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parser.parse_args(argv)
     try:
         predictor = Predictor.load(args.model, args.backend, args.batch_size)
+        if predictor.backend_reason:
+            print(f"finlight: backend {predictor.backend} ({predictor.backend_reason})", file=sys.stderr)
         texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
         for text, result in zip(texts, predictor.predict(texts)):
             print(json.dumps({"text": text, **result}, ensure_ascii=False))
