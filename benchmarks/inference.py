@@ -15,7 +15,8 @@ over the cores; the pipeline tokenizes text by text. Each timing is the median o
 
 Variants: the pipeline; finlight `Predictor` with torch (longest-first batches, each padded to its own longest
 text; a BERT's last layer for [CLS] only, `finlight.core.first_token`); the same without sorting (input-order
-batches: shows what sorting alone buys); the same with the whole last layer (what the shortcut buys); ONNX fp32; ONNX INT8
+batches: shows what sorting alone buys); the same with the whole last layer (what the shortcut buys); ONNX fp32
+(also traced for [CLS] only, as export-onnx does by default; a whole-last-layer fp32 graph as control); ONNX INT8
 (export-onnx's default INT8 recipe, see finlight/deploy/onnx.py INT8_RECIPES), both from the graph onnxruntime's transformer optimizer fused (export-onnx's
 default for BERT-family models); and both again from the unfused graph (``--no_optimize``); torch under bf16
 autocast (``Predictor`` backend ``torch-bf16``: faster only on AVX-512-BF16 / AMX CPUs). Accuracy / macro-F1 on the
@@ -177,6 +178,8 @@ def main() -> None:
                            int8_keep_fp32=keep, **int8)
     unfused = None if args.quick or keep else export_onnx(model_dir, str(workdir / "onnx_unfused"), int8=True,
                                                           max_length=args.max_length, optimize=False, **int8)
+    whole = None if args.quick else export_onnx(model_dir, str(workdir / "onnx_whole"), max_length=args.max_length,
+                                                first_token_last_layer=False)  # the fused fp32 graph, every position
     torch.set_num_threads(args.threads)  # training may have changed it
 
     hf_model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
@@ -212,6 +215,9 @@ def main() -> None:
         "finlight Predictor, ONNX fp32": predictor_labels(Predictor.load(str(workdir / "onnx"), "onnx", **load)),
         int8_name: predictor_labels(Predictor.load(str(workdir / "onnx"), "onnx-int8", **load)),
     }
+    if whole is not None:
+        variants["  ONNX fp32, whole last layer"] = predictor_labels(
+            Predictor.load(str(workdir / "onnx_whole"), "onnx", **load))
     if unfused is not None:
         variants["  ONNX fp32, unfused graph"] = predictor_labels(
             Predictor.load(str(workdir / "onnx_unfused"), "onnx", **load))
@@ -230,6 +236,14 @@ def main() -> None:
                                                               for _ in range(len(ls[i:i + args.batch_size]))],
                                                   first_token_last_layer=first)
              for kind, ls in chunks.items() for first in (False, shortcut)}
+
+    def runs_first_token(name: str) -> bool:
+        """Whether a variant computes the last layer for [CLS] only: the torch Predictor and the default ONNX
+        export do, the pipeline and the two whole-layer controls do not."""
+        if not shortcut or "pipeline" in name or "last layer" in name:
+            return False
+        return bool(manifest["first_token_last_layer"]) if "ONNX" in name else True
+
     seconds = timed_rounds(variants, all_texts, args.repeats)
     results = {name: {"samples_per_s": len(all_texts) / seconds[name], "seconds": seconds[name],
                       "predicted": fn(texts)} for name, fn in variants.items()}
@@ -250,8 +264,7 @@ def main() -> None:
         agreement = float(np.mean([p == t for p, t in zip(r["predicted"], torch_labels)]))
         ratio = r["samples_per_s"] / reference["samples_per_s"]
         order = "input order" if ("pipeline" in name or "unsorted" in name) else "sorted"
-        first = shortcut and ("torch" in name or "unsorted" in name) and "full last layer" not in name
-        gflops = flops[order, first] / r["seconds"] / 1e9
+        gflops = flops[order, runs_first_token(name)] / r["seconds"] / 1e9
         share = gflops / peak["bf16" if "bf16" in name else "fp32"]
         print(f"{name:{width}s} {r['samples_per_s']:10.0f} {ratio:10.2f}× {accuracy:9.4f} {macro:9.4f} {agreement:8.1%} "
               f"{gflops:8.1f} {100 * share:6.0f}%")

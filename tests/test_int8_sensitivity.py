@@ -38,7 +38,7 @@ def graph(tiny_hf_dir, tmp_path_factory):
     from finlight.deploy.onnx import export_onnx, length_sorted_feeds
 
     out = tmp_path_factory.mktemp("mixed") / "onnx"
-    export_onnx(str(tiny_hf_dir), str(out))
+    export_onnx(str(tiny_hf_dir), str(out), first_token_last_layer=False)  # its one layer fused, Attention included
     config, tokenizer = AutoConfig.from_pretrained(tiny_hf_dir), AutoTokenizer.from_pretrained(tiny_hf_dir)
     return str(out / "model.onnx"), config, length_sorted_feeds(tokenizer, TEXTS, 64, batch_size=8)
 
@@ -98,7 +98,7 @@ def test_export_onnx_keeps_named_nodes_fp32_and_checks_names(tiny_hf_dir, graph,
     matmuls = [n for n in candidate_nodes(fp32, ["MatMul"])][:2]
     out = tmp_path / "onnx"
     main(["export-onnx", "--model", str(tiny_hf_dir), "--output_dir", str(out), "--int8", "--int8_recipe",
-          "dynamic-per-channel", "--int8_keep_fp32", ",".join(matmuls)])
+          "dynamic-per-channel", "--int8_keep_fp32", ",".join(matmuls), "--no_first_token_last_layer"])
     manifest = json.loads((out / "finlight_onnx.json").read_text())
     assert manifest["int8_keep_fp32"] == matmuls
     nodes = {n.name: n.op_type for n in onnx.load(str(out / "model.int8.onnx")).graph.node}

@@ -19,7 +19,7 @@ def onnx_dir(tiny_hf_dir, tmp_path_factory):
     from finlight.deploy.onnx import export_onnx
 
     out = tmp_path_factory.mktemp("onnx") / "tiny"
-    manifest = export_onnx(str(tiny_hf_dir), str(out), int8=True)
+    manifest = export_onnx(str(tiny_hf_dir), str(out), int8=True, first_token_last_layer=False)  # the whole graph
     return out, manifest
 
 
@@ -241,3 +241,47 @@ def test_predictor_torch_bf16_backend_is_close_to_fp32(tiny_hf_dir):
     bf16 = Predictor.load(str(tiny_hf_dir), backend="torch-bf16")
     assert bf16.backend == "torch-bf16"
     np.testing.assert_allclose(bf16.predict_proba(TEXTS), fp32, atol=0.03)
+
+
+@pytest.fixture(scope="module")
+def tiny2_hf_dir(tiny_hf_dir, tmp_path_factory):
+    """tiny_hf_dir's tokenizer under a 2-layer BERT: the first-token last layer leaves one fused layer."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    path = tmp_path_factory.mktemp("tiny2_bert")
+    config = BertConfig.from_pretrained(tiny_hf_dir)
+    config.num_hidden_layers = 2
+    torch.manual_seed(3)
+    BertForSequenceClassification(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_hf_dir).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("first_token", [True, False])
+def test_the_last_layer_is_exported_for_cls_only_with_the_whole_layers_logits(tiny2_hf_dir, tmp_path, first_token):
+    import onnx
+    import onnxruntime as ort
+
+    from finlight.deploy.onnx import export_onnx
+
+    out = tmp_path / "onnx"
+    manifest = export_onnx(str(tiny2_hf_dir), str(out), int8=True, first_token_last_layer=first_token)
+    assert manifest["first_token_last_layer"] is first_token
+    # the last layer's attention is not fused when it runs for one query: it stays plain MatMul / Softmax
+    assert manifest["optimized"]["Attention"] == (1 if first_token else 2)
+    assert ("Softmax" in {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}) is first_token
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    for texts in (TEXTS[:7], TEXTS[3:4], TEXTS):  # the whole-layer torch model is the reference
+        expected, batch = _torch_logits(tiny2_hf_dir, texts)
+        got = session.run(["logits"], {k: batch[k].numpy() for k in ("input_ids", "attention_mask")})[0]
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert manifest["check"]["int8"]["max_abs_diff"] < 0.1
+
+
+def test_export_onnx_command_keeps_the_whole_last_layer_on_request(tiny2_hf_dir, tmp_path):
+    from finlight.cli import main
+
+    main(["export-onnx", "--model", str(tiny2_hf_dir), "--output_dir", str(tmp_path / "full"),
+          "--no_first_token_last_layer"])
+    manifest = json.loads((tmp_path / "full" / "finlight_onnx.json").read_text())
+    assert manifest["first_token_last_layer"] is False and manifest["optimized"]["Attention"] == 2

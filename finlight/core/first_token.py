@@ -9,9 +9,10 @@ For MiniLM-L6 that waste is 10/12 of one layer's matmuls out of six layers (~14 
 4-bit layers inside them keep working) and the attention function the config names (so finlight's CPU dropout
 kernel still applies). Logits and every gradient are those of the full layer (tested to float rounding); only the
 dropout masks of that layer are drawn for fewer elements. Neither transformers nor torch skip unused positions,
-hence this module. It is used where only logits are wanted (`SequenceClassifier.forward`) and is off whenever
-something else could see the last hidden states: models other than BERT with its pooler, decoders, gradient
-checkpointing (the recomputation runs outside the context), chunked feed-forward, other attention kernels.
+hence this module. It is used where only logits are wanted (`SequenceClassifier.forward`, the torch `Predictor`,
+the ONNX export's trace) and is off whenever something else could see the last hidden states: models other than
+BERT with its pooler, decoders, gradient checkpointing (the recomputation runs outside the context), chunked
+feed-forward, other attention kernels.
 """
 
 from __future__ import annotations

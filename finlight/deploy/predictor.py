@@ -59,7 +59,7 @@ class Predictor:
         (`finlight.core.precision.choose_precision`; ``backend_reason`` says why). ``torch-bf16``: torch under bf16
         autocast (fp32 weights; faster on AVX-512-BF16 / AMX CPUs and bf16 GPUs, much slower on AVX2-only CPUs).
         ``first_token_last_layer`` (torch backends): a BERT's last layer for [CLS] only (`finlight.core.first_token`;
-        same logits, fewer FLOPs); False computes the whole layer, as the exported graph does."""
+        same logits, fewer FLOPs, as export-onnx traces it); False computes the whole layer."""
         from transformers import AutoConfig, AutoTokenizer
 
         if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "config.json")):
