@@ -178,8 +178,22 @@ def _config_stem(config) -> Optional[str]:
     return Path(str(files[-1])).stem if files else None
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """A StreamHandler on whatever ``sys.stderr`` is when a record is written, not the one of setup time: a process
+    that redirects or captures stderr later (pytest's capsys, a notebook) keeps getting finlight's lines instead of
+    writing to a closed stream. (The standard library's own such class, ``logging._StderrHandler``, is private.)"""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ / setStream assign it: always follow sys.stderr
+        pass
+
+
 def _configure_logging() -> None:
-    handler = logging.StreamHandler()
+    handler = _CurrentStderrHandler()
     handler.setFormatter(logging.Formatter("finlight %(levelname)s: %(message)s"))
     logger = logging.getLogger("finlight")
     if not logger.handlers:

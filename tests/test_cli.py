@@ -216,3 +216,21 @@ def test_bf16_clipping_bounds_the_gradient_norm(in_tmp):
     clip_gradients(Probe(trainer), optimizer, 0.5, None)  # 20 × 10 = a norm of ~44.7 before
     total = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
     assert float(total) == pytest.approx(0.5, rel=1e-4)
+
+
+def test_finlight_log_lines_follow_a_stderr_replaced_after_setup(monkeypatch):
+    import io
+    import logging
+    import sys
+
+    from finlight import cli
+
+    logger = logging.getLogger("finlight")
+    monkeypatch.setattr(logger, "handlers", [])
+    first, later = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    cli._configure_logging()
+    first.close()  # as pytest closes a captured stream after its test
+    monkeypatch.setattr(sys, "stderr", later)
+    logger.info("checkpoint written")
+    assert later.getvalue() == "finlight INFO: checkpoint written\n"
