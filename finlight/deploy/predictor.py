@@ -142,18 +142,10 @@ def auto_torch_backend(device: str = "cpu") -> tuple[str, str]:
     pins it), fp32 elsewhere — on an AVX2-only CPU bf16 runs several times slower."""
     import torch
 
-    from finlight.core import precision
+    from finlight.core.precision import AUTO, resolve_precision
 
-    pinned = os.environ.get(precision.ENV_PIN)
-    if pinned:
-        chosen, reason = pinned, f"{precision.ENV_PIN}={pinned}"
-    elif torch.device(device).type == "cuda":
-        chosen, reason = precision.choose_precision("cuda", cuda_bf16=torch.cuda.is_bf16_supported(),
-                                                    cuda_name=torch.cuda.get_device_name(device))
-    else:
-        chosen, reason = precision.choose_precision(torch.device(device).type, precision.cpu_capability(),
-                                                    precision.cpu_flags())
-    return ("torch-bf16" if str(chosen).startswith("bf16") else "torch"), reason
+    choice = resolve_precision(AUTO, accelerator=torch.device(device).type)
+    return ("torch-bf16" if str(choice.precision).startswith("bf16") else "torch"), choice.reason
 
 
 def _torch_runner(path: str, num_threads: Optional[int], device: str, bf16: bool = False,
